@@ -1,0 +1,18 @@
+"""Errors the user can fix. `run.py` prints them as one line and exits non-zero."""
+
+from tasks.base import DataError
+
+
+class ConfigError(ValueError):
+    """An impossible or unknown configuration value; the message names the option and the fix."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is unreadable or belongs to a different configuration."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss; recorded in result.json as status=failed with the step."""
+
+
+USER_ERRORS = (ConfigError, CheckpointError, DataError)

@@ -1,0 +1,195 @@
+"""One run, start to finish: validate the config, prepare data, run the recipe, write result.json.
+
+Every run folder ends with a `result.json` written atomically: status `ok` with metrics, or
+`failed` with the reason (a diverged loss, an unexpected error). Mistakes the user can fix
+(unknown names, impossible values, bad data, a folder holding another configuration) raise a
+USER_ERRORS exception and write nothing, so no file ever claims a result that was not produced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from recipes import checkpoint
+from recipes.errors import ConfigError, TrainingDiverged
+from tasks.base import DataError, Task
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+# Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
+NOT_HASHED = ("out_root", "cache_dir", "progress", "device")
+
+
+@dataclass
+class Context:
+    """What a recipe's run(ctx) gets."""
+
+    cfg: DictConfig
+    task: Task
+    splits: dict
+    run_dir: Path
+    cache_dir: Path
+    device: torch.device
+    seed: int
+    identity: dict  # stored in every checkpoint of this run; a mismatch refuses to resume
+    progress: bool
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def code_version() -> str:
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=REPO,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"sptbench-{version('sptbench')}"
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def resolve(cfg: DictConfig) -> dict:
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config cannot be resolved: {str(exc).splitlines()[0]}") from exc
+    plain.pop("hydra", None)
+    return plain
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but CUDA is not available here; use device=cpu or device=auto")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"device={name!r} is not one of auto, cpu, cuda")
+    return torch.device(name)
+
+
+def build_task(task_cfg: DictConfig) -> Task:
+    params = OmegaConf.to_container(task_cfg, resolve=True)
+    name = params.pop("name", "?")
+    try:
+        return instantiate(params, _convert_="all")
+    except Exception as exc:
+        root = exc
+        while root.__cause__ is not None:
+            root = root.__cause__
+        if isinstance(root, (ValueError, TypeError, ImportError)):
+            raise ConfigError(f"task '{name}' ({params.get('_target_')}): {root}") from exc
+        raise
+
+
+def recipe_module(name: str):
+    try:
+        return importlib.import_module(f"recipes.{name}")
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"recipe.name={name!r} has no module recipes/{name}.py") from exc
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Impossible values that the modules would otherwise hit late or silently."""
+    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
+    stages = ["finetune"] + (["pretrain"] if "pretrain" in cfg.recipe else [])
+    for stage in stages:
+        hp = cfg.recipe[stage]
+        for key in ("batch_size", "eval_batch_size", "epochs"):
+            value = hp[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"recipe.{stage}.{key}={value!r} must be a positive integer")
+        for key in ("max_steps", "eval_every", "ckpt_every"):
+            value = hp.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ConfigError(f"recipe.{stage}.{key}={value!r} must be a positive integer or null")
+        if not hp.lr > 0:
+            raise ConfigError(f"recipe.{stage}.lr={hp.lr} must be > 0")
+        if hp.weight_decay < 0 or hp.grad_clip < 0 or hp.warmup_steps < 0:
+            raise ConfigError(f"recipe.{stage}: weight_decay, grad_clip and warmup_steps must be >= 0")
+        if not 0 <= hp.min_lr_ratio <= 1:
+            raise ConfigError(f"recipe.{stage}.min_lr_ratio={hp.min_lr_ratio} must be in [0, 1]")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run one configuration in `run_dir`; return the result dict that was written."""
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    plain = resolve(cfg)
+    check_values(cfg)
+    hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED}
+    config_hash = digest(hashed)
+    seedless = json.loads(json.dumps(hashed))
+    seedless.pop("seed")
+    seedless.get("recipe", {}).get("pretrain", {}).pop("seed", None)
+    head = {"task": cfg.task.name, "arch": cfg.arch.name, "recipe": cfg.recipe.name, "seed": cfg.seed,
+            "config_hash": config_hash, "group_hash": digest(seedless)}
+
+    result_path = run_dir / "result.json"
+    if result_path.exists():
+        old = checkpoint.read_json(result_path)
+        if old.get("config_hash") != config_hash:
+            raise ConfigError(f"{run_dir} holds a run of another configuration "
+                              f"({checkpoint.describe_diff(old.get('config', {}), plain)}); "
+                              "pick another folder with hydra.run.dir=... or delete it")
+        if old.get("status") == "ok":
+            log.info("already complete: %s (test_acc %.4f); delete it to rerun", result_path,
+                     old["metrics"]["test_acc"])
+            return old
+        log.info("previous attempt failed (%s); running again", old.get("reason"))
+
+    device = pick_device(cfg.device)
+    recipe = recipe_module(cfg.recipe.name)
+    task = build_task(cfg.task)
+    cache_dir = Path(cfg.cache_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = {**head, "device": device.type, "code_version": code_version(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
+    try:
+        splits = task.splits(cache_dir)
+        ctx = Context(cfg=cfg, task=task, splits=splits, run_dir=run_dir, cache_dir=cache_dir, device=device,
+                      seed=cfg.seed, identity={"config_hash": config_hash, "config": hashed}, progress=cfg.progress)
+        out = recipe.run(ctx)
+    except (ConfigError, DataError, checkpoint.CheckpointError):
+        raise
+    except TrainingDiverged as exc:
+        write_failed(result_path, base, str(exc), started)
+        raise
+    except Exception as exc:
+        write_failed(result_path, base, f"{type(exc).__name__}: {exc}", started)
+        raise
+    out["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
+    result = {**base, "status": "ok", "reason": None, **out,
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    checkpoint.write_json(result_path, result)
+    log.info("result: %s test_acc %.4f val_acc %.4f -> %s", cfg.recipe.name, result["metrics"]["test_acc"],
+             result["metrics"]["val_acc"], result_path)
+    return result
+
+
+def write_failed(path: Path, base: dict, reason: str, started: float) -> None:
+    log.error("run failed: %s", reason)
+    checkpoint.write_json(path, {**base, "status": "failed", "reason": reason,
+                                 "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
+                                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

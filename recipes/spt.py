@@ -1,0 +1,110 @@
+"""recipe=spt: self-pretraining on the task's own train inputs, then fine-tuning — one command.
+
+Stage 1 trains Body + a token-prediction head: masked-token prediction (MLM) for bidirectional
+backbones, next-token prediction (NTP) for causal ones, on the *train split inputs only* (labels
+are never read); validation inputs choose the best checkpoint by masked-token loss.
+Stage 2 (`supervised.finetune`) trains every weight of that Body under a fresh classifier head.
+
+The pretrained Body is cached in `<cache_dir>/pretrain/<key>/`, where key hashes everything it
+depends on — task data, arch, pretraining hyperparameters, pretraining seed — and nothing from
+fine-tuning. Runs that differ only in fine-tuning reuse it; set `recipe.pretrain.seed=0` to share
+one pretraining across fine-tuning seeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+
+import torch
+from filelock import FileLock
+from omegaconf import OmegaConf
+
+from recipes import checkpoint
+from recipes.errors import ConfigError
+from recipes.model import TokenPredictor, build_body
+from recipes.objectives import mask_tokens, next_token_targets, token_loss
+from recipes.supervised import finetune
+from recipes.train import Stage, fit
+
+log = logging.getLogger(__name__)
+OBJECTIVES = ("auto", "mlm", "ntp")
+
+
+def objective_for(requested: str, causal: bool) -> str:
+    if requested not in OBJECTIVES:
+        raise ConfigError(f"recipe.pretrain.objective={requested!r} is not one of {', '.join(OBJECTIVES)}")
+    if requested == "auto":
+        return "ntp" if causal else "mlm"
+    if requested == "ntp" and not causal:
+        raise ConfigError("recipe.pretrain.objective=ntp needs a causal backbone (a bidirectional one sees the "
+                          "token it must predict); set arch.causal=true or objective=mlm")
+    if requested == "mlm" and causal:
+        raise ConfigError("recipe.pretrain.objective=mlm with a causal backbone: position t cannot see the context "
+                          "after it; use objective=ntp (or auto), or a bidirectional backbone")
+    return requested
+
+
+def losses(objective: str, ratio: float, mask_id: int):
+    """-> (train loss_fn, validation loss_fn). Validation masks are fixed by the batch's content, so
+    every evaluation scores the same masked positions."""
+    if objective == "ntp":
+        def ntp(model, ids, mask, labels):
+            return token_loss(model(ids, mask), next_token_targets(ids, mask))
+        return ntp, ntp
+
+    def mlm(model, ids, mask, labels, generator=None):
+        inputs, targets = mask_tokens(ids, mask, ratio, mask_id, generator)
+        return token_loss(model(inputs, mask), targets)
+
+    def mlm_fixed(model, ids, mask, labels):
+        seed = int(ids.sum().item()) * 1_000_003 + ids.numel()
+        return mlm(model, ids, mask, labels, torch.Generator().manual_seed(seed))
+
+    return mlm, mlm_fixed
+
+
+def run(ctx) -> dict:
+    cfg, task, spec = ctx.cfg, ctx.task, ctx.task.spec
+    hp = cfg.recipe.pretrain
+    ratio = spec.spt_mask_ratio if hp.mask_ratio is None else float(hp.mask_ratio)
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"mask ratio {ratio} must be in (0, 1): set recipe.pretrain.mask_ratio (or task.mask_ratio)")
+    seed = int(hp.seed)
+    torch.manual_seed(seed)
+    body = build_body(cfg, task)
+    objective = objective_for(hp.objective, bool(getattr(body.backbone, "causal", False)))
+
+    depends_on = {"format": checkpoint.FORMAT, "task": OmegaConf.to_container(cfg.task, resolve=True),
+                  "arch": OmegaConf.to_container(cfg.arch, resolve=True),
+                  "pretrain": {**OmegaConf.to_container(hp, resolve=True), "objective": objective,
+                               "mask_ratio": ratio, "seed": seed}}
+    key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:16]
+    out = ctx.cache_dir / "pretrain" / key
+    out.mkdir(parents=True, exist_ok=True)
+    train_loss, val_loss = losses(objective, ratio, spec.mask_id)
+    stage = Stage("pretrain", TokenPredictor(body, cfg.arch.d_model, spec.vocab_size), train_loss, val_loss, "loss")
+    # One process pretrains; a concurrent run with the same key waits, then reuses the result.
+    with FileLock(str(out) + ".lock"):
+        reused = (out / "done.json").exists()
+        if reused:
+            log.info("pretrain: reusing cached checkpoint %s (key %s)", out, key)
+        else:
+            checkpoint.write_json(out / "depends_on.json", depends_on)
+            log.info("pretrain: training %s objective into %s (key %s)", objective, out, key)
+        summary = fit(stage, ctx.splits["train"], ctx.splits["val"], hp, out, seed=seed, identity={"pretrain": key},
+                      pad_id=spec.pad_id, device=ctx.device, log_path=out / "metrics.jsonl", progress=ctx.progress)
+
+    result = finetune(ctx, body, prefix_rows=summary["history"])
+    history = summary["history"]
+    result["metrics"].update({
+        "pretrain_val_loss": summary["best_val"]["loss"], "pretrain_val_acc": summary["best_val"]["acc"],
+        "pretrain_first_train_loss": history[0]["train_loss"], "pretrain_last_train_loss": history[-1]["train_loss"],
+        "pretrain_best_step": summary["best_step"],
+    })
+    result["steps"]["pretrain"] = summary["steps"]
+    result["wall_time_s"]["pretrain"] = summary["wall_time_s"]
+    result["pretrain"] = {"key": key, "dir": str(out), "reused": reused, "objective": objective, "mask_ratio": ratio,
+                          "seed": seed}
+    return result

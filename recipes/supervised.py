@@ -1,0 +1,45 @@
+"""recipe=supervised: a classifier trained from scratch. Also the fine-tuning stage of SPT."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from recipes.model import Body, Classifier, build_body, n_params, pooling_for
+from recipes.train import Stage, evaluate, fit
+
+
+def classify_loss(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor):
+    """-> (cross-entropy, n correct, n examples) of model(ids, mask) (B, C) against labels (B,)."""
+    logits = model(ids, mask)
+    loss = F.cross_entropy(logits.float(), labels)
+    return loss, (logits.argmax(-1) == labels).sum(), torch.tensor(labels.numel())
+
+
+def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
+    """Train a fresh classification head on `body` (all weights trainable); test the best on val."""
+    cfg, spec = ctx.cfg, ctx.task.spec
+    pooling = pooling_for(cfg.model, bool(getattr(body.backbone, "causal", False)))
+    torch.manual_seed(ctx.seed)  # the head's init must not depend on whether pretraining was cached
+    model = Classifier(body, cfg.arch.d_model, spec.n_classes, pooling)
+    hp = cfg.recipe.finetune
+    summary = fit(Stage("finetune", model, classify_loss, classify_loss, "acc"), ctx.splits["train"],
+                  ctx.splits["val"], hp, ctx.run_dir / "checkpoints", seed=ctx.seed, identity=ctx.identity,
+                  pad_id=spec.pad_id, device=ctx.device, log_path=ctx.run_dir / "metrics.jsonl",
+                  prefix_rows=list(prefix_rows), progress=ctx.progress)
+    test = evaluate(model, classify_loss, ctx.splits["test"], hp.eval_batch_size, spec.pad_id, ctx.device)
+    return {
+        "metrics": {"val_acc": summary["best_val"]["acc"], "val_loss": summary["best_val"]["loss"],
+                    "test_acc": test["acc"], "test_loss": test["loss"], "best_step": summary["best_step"]},
+        "params": {"total": n_params(model), "backbone": n_params(body.backbone)},
+        "steps": {"finetune": summary["steps"]},
+        "wall_time_s": {"finetune": summary["wall_time_s"]},
+        # Which implementation ran (e.g. Mamba's fused CUDA kernels or the PyTorch path).
+        "impl": str(getattr(body.backbone, "impl", "torch")),
+    }
+
+
+def run(ctx) -> dict:
+    torch.manual_seed(ctx.seed)
+    return finetune(ctx, build_body(ctx.cfg, ctx.task))

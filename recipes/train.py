@@ -1,0 +1,198 @@
+"""The one training loop every recipe and stage shares.
+
+AdamW with parameter groups (no weight decay on norms and biases, i.e. tensors with < 2 dims; a
+parameter may carry `_optim = {"lr": ..., "weight_decay": ...}` to override, as SSM parameters do),
+linear warmup then cosine decay, gradient clipping, validation every `eval_every` steps, the best
+validation score kept, a resumable checkpoint, and a metrics log.
+
+Determinism and resume: batch order for epoch e is a permutation seeded by (seed, e), and the
+torch RNG state (dropout, masking) is saved with each checkpoint, so a run resumed from step s
+continues exactly as the uninterrupted one would have (bitwise on CPU).
+
+Files in `out_dir`: last.pt (full state, for resume), best.pt (weights of the best validation
+score), done.json (summary, written when the stage completes), and the metrics log `log_path`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from recipes import checkpoint
+from recipes.errors import CheckpointError, TrainingDiverged
+from tasks.base import TokenSplit
+
+log = logging.getLogger(__name__)
+
+# loss_fn(model, ids, mask, labels) -> (loss, n correct, n counted); all on the model's device.
+LossFn = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+@dataclass
+class Stage:
+    """One training stage: what to optimize and how to judge it on validation."""
+
+    name: str  # "pretrain" | "finetune": names progress bars and metrics rows
+    model: nn.Module
+    loss_fn: LossFn
+    eval_loss_fn: LossFn  # deterministic variant used on validation (e.g. fixed masks)
+    score: str  # "acc" (higher is better) or "loss" (lower is better) picks the best checkpoint
+
+
+def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+    groups: dict[tuple, list] = {}
+    for _, p in sorted(model.named_parameters(), key=lambda kv: kv[0]):
+        if not p.requires_grad:
+            continue
+        opt = {"lr": lr, "weight_decay": weight_decay if p.ndim >= 2 else 0.0, **getattr(p, "_optim", {})}
+        groups.setdefault((opt["lr"], opt["weight_decay"]), []).append(p)
+    return [{"params": ps, "lr": lr_, "base_lr": lr_, "weight_decay": wd} for (lr_, wd), ps in groups.items()]
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Multiplier of the base lr at (0-based) step: linear warmup, then cosine down to min_ratio."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loss_fn: LossFn, split: TokenSplit, batch_size: int, pad_id: int,
+             device: torch.device) -> dict:
+    """Mean loss (weighted by counted items) and accuracy over a whole split."""
+    was_training = model.training
+    model.eval()
+    order = np.argsort(split.lengths(), kind="stable")  # similar lengths together: less padding
+    total_loss = correct = count = 0.0
+    for i in range(0, len(order), batch_size):
+        ids, mask, labels = (t.to(device) for t in split.batch(order[i : i + batch_size], pad_id))
+        loss, c, n = loss_fn(model, ids, mask, labels)
+        total_loss += loss.item() * n.item()
+        correct += c.item()
+        count += n.item()
+    model.train(was_training)
+    return {"loss": total_loss / max(count, 1), "acc": correct / max(count, 1)}
+
+
+def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_dir: Path, *, seed: int,
+        identity: dict, pad_id: int, device: torch.device, log_path: Path, prefix_rows: list[dict] = (),
+        progress: bool = True) -> dict:
+    """Train `stage.model` in place, leave it holding the best validation weights, return a summary."""
+    out_dir = Path(out_dir)
+    model = stage.model.to(device)
+    done_path, last_path, best_path = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
+    if done_path.exists():
+        summary = checkpoint.read_json(done_path)
+        if summary.get("identity") != identity:
+            raise CheckpointError(
+                f"{done_path} belongs to a different configuration "
+                f"({checkpoint.describe_diff(summary.get('identity') or {}, identity)}); delete {out_dir}")
+        checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
+        log.info("%s: already complete in %s (best step %d)", stage.name, out_dir, summary["best_step"])
+        return summary
+
+    steps_per_epoch = math.ceil(len(train) / hp.batch_size)
+    total = int(hp.max_steps) if hp.get("max_steps") else int(hp.epochs) * steps_per_epoch
+    eval_every = int(hp.eval_every) if hp.get("eval_every") else steps_per_epoch
+    warmup = min(int(hp.warmup_steps), total)
+    optim = torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+    better = (lambda a, b: a > b) if stage.score == "acc" else (lambda a, b: a < b)
+
+    step, elapsed, history, best, best_step = 0, 0.0, [], None, -1
+    # Sums since the last validation; checkpointed so a resumed run logs the same train_loss.
+    run_loss = run_correct = run_count = 0.0
+    run_steps = 0
+    if last_path.exists():
+        state = checkpoint.load(last_path, identity)
+        checkpoint.load_weights(model, state["model"], last_path)
+        optim.load_state_dict(state["optim"])
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda" and state.get("cuda_rng"):
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step, elapsed, history = state["step"], state["elapsed"], state["history"]
+        best, best_step = state["best"], state["best_step"]
+        run_loss, run_correct, run_count, run_steps = state["running"]
+        log.info("%s: resuming from %s at step %d of %d", stage.name, last_path, step, total)
+    else:
+        torch.manual_seed(seed)
+
+    def save_last() -> None:
+        checkpoint.save(last_path, {
+            "identity": identity, "model": model.state_dict(), "optim": optim.state_dict(),
+            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "step": step, "elapsed": elapsed, "history": history, "best": best, "best_step": best_step,
+            "running": [run_loss, run_correct, run_count, run_steps],
+        })
+
+    started = time.perf_counter() - elapsed
+    model.train()
+    bar = tqdm(total=total, initial=step, desc=stage.name, disable=not progress, leave=False, dynamic_ncols=True)
+    while step < total:
+        epoch, pos = divmod(step, steps_per_epoch)
+        index = epoch_order(len(train), seed, epoch)[pos * hp.batch_size : (pos + 1) * hp.batch_size]
+        ids, mask, labels = (t.to(device) for t in train.batch(index, pad_id))
+        factor = lr_factor(step, total, warmup, hp.min_lr_ratio)
+        for group in optim.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        loss, correct, count = stage.loss_fn(model, ids, mask, labels)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"{stage.name}: non-finite loss ({loss.item()}) at step {step}")
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        if hp.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+        optim.step()
+        step += 1
+        run_loss += loss.item()
+        run_correct += correct.item()
+        run_count += count.item()
+        run_steps += 1
+        bar.update()
+        if step % eval_every == 0 or step == total:
+            metrics = evaluate(model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device)
+            elapsed = time.perf_counter() - started
+            row = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
+                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps, "train_acc": run_correct / max(run_count, 1),
+                   "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(elapsed, 3)}
+            history.append(row)
+            run_loss = run_correct = run_count = 0.0
+            run_steps = 0
+            bar.set_postfix(val_loss=f"{metrics['loss']:.3f}", val_acc=f"{metrics['acc']:.3f}")
+            log.info("%s step %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f", stage.name, step, total,
+                     row["train_loss"], metrics["loss"], metrics["acc"])
+            if best is None or better(metrics[stage.score], best[stage.score]):
+                best, best_step = metrics, step
+                checkpoint.save(best_path, {"identity": identity, "model": model.state_dict()})
+            save_last()
+            write_log(log_path, [*prefix_rows, *history])
+        elif hp.get("ckpt_every") and step % hp.ckpt_every == 0:
+            elapsed = time.perf_counter() - started
+            save_last()
+    bar.close()
+
+    checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
+    summary = {"identity": identity, "steps": total, "best_step": best_step, "best_val": best,
+               "wall_time_s": round(time.perf_counter() - started, 3), "history": history}
+    checkpoint.write_json(done_path, summary)
+    return summary
+
+
+def write_log(path: Path, rows: list[dict]) -> None:
+    """The whole metrics log, rewritten atomically: after a resume it never holds duplicate rows."""
+    checkpoint.atomic_write(Path(path), lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))

@@ -1,0 +1,66 @@
+"""sptbench entry point: python run.py arch=<a> task=<t> recipe=<r> [key=value ...] (-m for grids).
+
+Wiring only: Hydra composes conf/, recipes.experiment.run does the work. Mistakes the user can
+fix end as one `error:` line and exit status 2; a diverged run is recorded and exits 1.
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+CONF = Path(__file__).resolve().parent / "conf"
+GROUPS = ("arch", "task", "recipe", "experiment")
+log = logging.getLogger("sptbench")
+
+
+def check_group_choices(argv: list[str]) -> str | None:
+    """Unknown arch/task/recipe names as one line, before Hydra's multi-line message."""
+    if any(a.startswith(("hydra.searchpath", "+hydra.searchpath", "--config-dir", "-cd")) for a in argv):
+        return None  # the user brings their own config folders: let Hydra resolve names
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        if not sep or group not in GROUPS or value in ("null", ""):
+            continue
+        known = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in known:
+                return (f"unknown {group} '{choice}': choose one of {', '.join(known)} "
+                        f"(or add conf/{group}/{choice}.yaml)")
+    return None
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from recipes import experiment
+    from recipes.errors import USER_ERRORS, TrainingDiverged
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN  # in a sweep, one bad job must not stop the others
+    try:
+        experiment.run(cfg, Path(hc.runtime.output_dir))
+    except USER_ERRORS as exc:
+        log.error("%s", exc)
+        print(f"error: {exc}", file=sys.stderr)
+        if not multirun:
+            sys.exit(2)
+    except TrainingDiverged as exc:
+        print(f"failed: {exc} (recorded in result.json)", file=sys.stderr)
+        if not multirun:
+            sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    problem = check_group_choices(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    main()
