@@ -104,32 +104,39 @@ def build_task(task_cfg: DictConfig) -> Task:
 
 def recipe_module(name: str):
     try:
-        return importlib.import_module(f"recipes.{name}")
+        module = importlib.import_module(f"recipes.{name}")
     except ModuleNotFoundError as exc:
         raise ConfigError(f"recipe.name={name!r} has no module recipes/{name}.py") from exc
+    if not hasattr(module, "run") or not hasattr(module, "STAGES"):
+        raise ConfigError(f"recipes/{name}.py must define run(ctx) and STAGES")
+    return module
 
 
-def check_values(cfg: DictConfig) -> None:
+def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Impossible values that the modules would otherwise hit late or silently."""
     if not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
-    stages = ["finetune"] + (["pretrain"] if "pretrain" in cfg.recipe else [])
     for stage in stages:
-        hp = cfg.recipe[stage]
+        hp = cfg[stage]
         for key in ("batch_size", "eval_batch_size", "epochs"):
             value = hp[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"recipe.{stage}.{key}={value!r} must be a positive integer")
+                raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer")
         for key in ("max_steps", "eval_every", "ckpt_every"):
             value = hp.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"recipe.{stage}.{key}={value!r} must be a positive integer or null")
+                raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer or null")
+        for key in ("lr", "weight_decay", "grad_clip", "warmup_steps", "min_lr_ratio"):
+            if isinstance(hp[key], bool) or not isinstance(hp[key], (int, float)):
+                raise ConfigError(f"{stage}.{key}={hp[key]!r} must be a number")
         if not hp.lr > 0:
-            raise ConfigError(f"recipe.{stage}.lr={hp.lr} must be > 0")
+            raise ConfigError(f"{stage}.lr={hp.lr} must be > 0")
         if hp.weight_decay < 0 or hp.grad_clip < 0 or hp.warmup_steps < 0:
-            raise ConfigError(f"recipe.{stage}: weight_decay, grad_clip and warmup_steps must be >= 0")
+            raise ConfigError(f"{stage}: weight_decay, grad_clip and warmup_steps must be >= 0")
         if not 0 <= hp.min_lr_ratio <= 1:
-            raise ConfigError(f"recipe.{stage}.min_lr_ratio={hp.min_lr_ratio} must be in [0, 1]")
+            raise ConfigError(f"{stage}.min_lr_ratio={hp.min_lr_ratio} must be in [0, 1]")
+        if hp.get("mask_ratio") is not None and not 0 < hp.mask_ratio < 1:
+            raise ConfigError(f"{stage}.mask_ratio={hp.mask_ratio} must be in (0, 1)")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -137,12 +144,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     started = time.perf_counter()
     plain = resolve(cfg)
-    check_values(cfg)
-    hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED}
+    recipe = recipe_module(cfg.recipe.name)
+    check_values(cfg, recipe.STAGES)
+    unused = {"finetune", "pretrain"} - set(recipe.STAGES)
+    hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
     config_hash = digest(hashed)
     seedless = json.loads(json.dumps(hashed))
     seedless.pop("seed")
-    seedless.get("recipe", {}).get("pretrain", {}).pop("seed", None)
+    seedless.get("pretrain", {}).pop("seed", None)
     head = {"task": cfg.task.name, "arch": cfg.arch.name, "recipe": cfg.recipe.name, "seed": cfg.seed,
             "config_hash": config_hash, "group_hash": digest(seedless)}
 
@@ -160,7 +169,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         log.info("previous attempt failed (%s); running again", old.get("reason"))
 
     device = pick_device(cfg.device)
-    recipe = recipe_module(cfg.recipe.name)
     task = build_task(cfg.task)
     cache_dir = Path(cfg.cache_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ Stage 2 (`supervised.finetune`) trains every weight of that Body under a fresh c
 
 The pretrained Body is cached in `<cache_dir>/pretrain/<key>/`, where key hashes everything it
 depends on — task data, arch, pretraining hyperparameters, pretraining seed — and nothing from
-fine-tuning. Runs that differ only in fine-tuning reuse it; set `recipe.pretrain.seed=0` to share
+fine-tuning. Runs that differ only in fine-tuning reuse it; set `pretrain.seed=0` to share
 one pretraining across fine-tuning seeds.
 """
 
@@ -28,20 +28,22 @@ from recipes.objectives import mask_tokens, next_token_targets, token_loss
 from recipes.supervised import finetune
 from recipes.train import Stage, fit
 
+STAGES = ("pretrain", "finetune")
+
 log = logging.getLogger(__name__)
 OBJECTIVES = ("auto", "mlm", "ntp")
 
 
 def objective_for(requested: str, causal: bool) -> str:
     if requested not in OBJECTIVES:
-        raise ConfigError(f"recipe.pretrain.objective={requested!r} is not one of {', '.join(OBJECTIVES)}")
+        raise ConfigError(f"pretrain.objective={requested!r} is not one of {', '.join(OBJECTIVES)}")
     if requested == "auto":
         return "ntp" if causal else "mlm"
     if requested == "ntp" and not causal:
-        raise ConfigError("recipe.pretrain.objective=ntp needs a causal backbone (a bidirectional one sees the "
+        raise ConfigError("pretrain.objective=ntp needs a causal backbone (a bidirectional one sees the "
                           "token it must predict); set arch.causal=true or objective=mlm")
     if requested == "mlm" and causal:
-        raise ConfigError("recipe.pretrain.objective=mlm with a causal backbone: position t cannot see the context "
+        raise ConfigError("pretrain.objective=mlm with a causal backbone: position t cannot see the context "
                           "after it; use objective=ntp (or auto), or a bidirectional backbone")
     return requested
 
@@ -67,10 +69,10 @@ def losses(objective: str, ratio: float, mask_id: int):
 
 def run(ctx) -> dict:
     cfg, task, spec = ctx.cfg, ctx.task, ctx.task.spec
-    hp = cfg.recipe.pretrain
+    hp = cfg.pretrain
     ratio = spec.spt_mask_ratio if hp.mask_ratio is None else float(hp.mask_ratio)
     if not 0.0 < ratio < 1.0:
-        raise ConfigError(f"mask ratio {ratio} must be in (0, 1): set recipe.pretrain.mask_ratio (or task.mask_ratio)")
+        raise ConfigError(f"mask ratio {ratio} must be in (0, 1): set pretrain.mask_ratio (or task.mask_ratio)")
     seed = int(hp.seed)
     torch.manual_seed(seed)
     body = build_body(cfg, task)

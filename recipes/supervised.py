@@ -9,6 +9,8 @@ from torch import Tensor, nn
 from recipes.model import Body, Classifier, build_body, n_params, pooling_for
 from recipes.train import Stage, evaluate, fit
 
+STAGES = ("finetune",)  # config sections this recipe runs; the others stay out of its hash
+
 
 def classify_loss(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor):
     """-> (cross-entropy, n correct, n examples) of model(ids, mask) (B, C) against labels (B,)."""
@@ -23,7 +25,7 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
     pooling = pooling_for(cfg.model, bool(getattr(body.backbone, "causal", False)))
     torch.manual_seed(ctx.seed)  # the head's init must not depend on whether pretraining was cached
     model = Classifier(body, cfg.arch.d_model, spec.n_classes, pooling)
-    hp = cfg.recipe.finetune
+    hp = cfg.finetune
     summary = fit(Stage("finetune", model, classify_loss, classify_loss, "acc"), ctx.splits["train"],
                   ctx.splits["val"], hp, ctx.run_dir / "checkpoints", seed=ctx.seed, identity=ctx.identity,
                   pad_id=spec.pad_id, device=ctx.device, log_path=ctx.run_dir / "metrics.jsonl",
