@@ -36,7 +36,8 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write(Path(path), lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()))
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(Path(path), lambda f: f.write(text.encode()))
 
 
 def read_json(path: Path):
@@ -57,9 +58,10 @@ def load(path: Path, identity: dict) -> dict:
     except Exception as exc:  # truncated file, foreign pickle, wrong format
         raise CheckpointError(f"checkpoint {path} cannot be read safely ({type(exc).__name__}); "
                               "delete it to restart this stage") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"checkpoint {path} has format {state.get('format') if isinstance(state, dict) else '?'}, "
-                              f"this code reads format {FORMAT}; delete it to restart this stage")
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != FORMAT:
+        raise CheckpointError(f"checkpoint {path} has format {found}, this code reads format {FORMAT}; "
+                              "delete it to restart this stage")
     if state.get("identity") != identity:
         diff = describe_diff(state.get("identity") or {}, identity)
         raise CheckpointError(f"checkpoint {path} was written by a different configuration ({diff}); "
@@ -94,4 +96,5 @@ def describe_diff(old: dict, new: dict, limit: int = 4) -> str:
     a, b = flatten(old), flatten(new)
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "<unset>") != b.get(k, "<unset>"))
     parts = [f"{k}: {a.get(k, '<unset>')} -> {b.get(k, '<unset>')}" for k in keys[:limit]]
-    return ", ".join(parts) + (f", and {len(keys) - limit} more" if len(keys) > limit else "") or "no visible difference"
+    more = f", and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(parts) + more or "no visible difference"

@@ -19,9 +19,9 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -168,7 +168,8 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             metrics = evaluate(model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device)
             elapsed = time.perf_counter() - started
             row = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
-                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps, "train_acc": run_correct / max(run_count, 1),
+                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps,
+                   "train_acc": run_correct / max(run_count, 1),
                    "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(elapsed, 3)}
             history.append(row)
             run_loss = run_correct = run_count = 0.0

@@ -75,3 +75,37 @@ def test_misspelt_option_fails_loudly(tmp_path):
     proc = cli([*tiny("spt")[1:], "arch.d_modle=64"], cwd=tmp_path)
     assert proc.returncode != 0 and "d_modle" in proc.stderr
     assert not list(tmp_path.rglob("result.json"))
+
+
+def test_kill_9_then_same_command_resumes_to_the_same_result(tmp_path):
+    """SIGKILL mid-training (no chance to clean up), rerun the identical command: it resumes from the
+    last checkpoint and ends with exactly the uninterrupted run's metrics."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    args = [*tiny("supervised"), "finetune.max_steps=150", "finetune.eval_every=50", "finetune.ckpt_every=5"]
+    reference = cli([*args, "hydra.run.dir=ref"], cwd=tmp_path)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "run.py"), *args, "hydra.run.dir=killed"], cwd=tmp_path,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "killed" / "checkpoints" / "last.pt"
+    deadline = time.time() + 120
+    while not last.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "result.json").exists(), "the run finished before it could be killed"
+
+    resumed = cli([*args, "hydra.run.dir=killed"], cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "finetune: resuming from" in (tmp_path / "killed" / "run.log").read_text()
+    ref = json.loads((tmp_path / "ref" / "result.json").read_text())
+    got = json.loads((tmp_path / "killed" / "result.json").read_text())
+    assert got["metrics"] == ref["metrics"] and got["config_hash"] == ref["config_hash"]

@@ -137,22 +137,25 @@ def parse(toks: list[str]):
 
 
 @pytest.mark.parametrize(
-    "mutate, expected",
+    "name, content, expected",
     [
-        (lambda d: (d / "basic_val.tsv").unlink(), "basic_val.tsv not found"),
-        (lambda d: (d / "basic_train.tsv").write_text("src\tlabel\n[MAX 1 2 ]\t2\n"), "basic_train.tsv:1: expected the header"),
-        (lambda d: (d / "basic_test.tsv").write_text("Source\tTarget\n( [MAX 1 ) 2 ]\t2\n( [FOO 1 ) 2 ]\t2\n"),
+        ("basic_val.tsv", None, "basic_val.tsv not found"),
+        ("basic_train.tsv", "src\tlabel\n[MAX 1 2 ]\t2\n", "basic_train.tsv:1: expected the header"),
+        ("basic_test.tsv", "Source\tTarget\n( [MAX 1 ) 2 ]\t2\n( [FOO 1 ) 2 ]\t2\n",
          "basic_test.tsv:3: unknown ListOps token '[FOO'"),
-        (lambda d: (d / "basic_test.tsv").write_text("Source\tTarget\n( [MAX 1 ) 2 ]\t12\n"), "basic_test.tsv:2: Target '12'"),
-        (lambda d: (d / "basic_val.tsv").write_text("Source\tTarget\n( [MAX 1 ) 2 ]\n"), "basic_val.tsv:2: expected 2 tab-separated"),
-        (lambda d: (d / "basic_val.tsv").write_text("Source\tTarget\n"), "basic_val.tsv: no examples"),
+        ("basic_test.tsv", "Source\tTarget\n( [MAX 1 ) 2 ]\t12\n", "basic_test.tsv:2: Target '12'"),
+        ("basic_val.tsv", "Source\tTarget\n( [MAX 1 ) 2 ]\n", "basic_val.tsv:2: expected 2 tab-separated"),
+        ("basic_val.tsv", "Source\tTarget\n", "basic_val.tsv: no examples"),
     ],
 )
-def test_official_loader_errors_name_file_and_line(tmp_path, mutate, expected):
+def test_official_loader_errors_name_file_and_line(tmp_path, name, content, expected):
     data_dir = tmp_path / "lo"
     good = [("( ( ( [MAX 2 ) 9 ) ] )", 9)]
     write_official(data_dir, {"train": good, "val": good, "test": good})
-    mutate(data_dir)
+    if content is None:
+        (data_dir / name).unlink()
+    else:
+        (data_dir / name).write_text(content)
     with pytest.raises(DataError, match=expected.replace("[", r"\[").replace("(", r"\(")):
         small(data_dir=str(data_dir)).splits(tmp_path / "cache")
 

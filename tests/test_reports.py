@@ -1,0 +1,47 @@
+"""The summary reader: numbers computed independently from synthetic result.json files."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+from reports import load_results, summarize
+from reports.__main__ import main
+
+
+def write(root, name, **fields):
+    path = root / name / "result.json"
+    path.parent.mkdir(parents=True)
+    base = {"task": "listops", "arch": "transformer", "recipe": "spt", "seed": 0, "status": "ok",
+            "group_hash": "g1", "params": {"total": 10}, "steps": {"finetune": 5}, "wall_time_s": {"total": 1.0}}
+    path.write_text(json.dumps({**base, **fields}))
+
+
+def test_summary_means_and_stds_and_exclusions(tmp_path):
+    accs = [0.5, 0.6, 0.8]
+    for seed, acc in enumerate(accs):
+        write(tmp_path, f"spt{seed}", seed=seed, metrics={"test_acc": acc, "val_acc": acc - 0.1})
+    write(tmp_path, "sup0", recipe="supervised", metrics={"test_acc": 0.3, "val_acc": 0.2})
+    write(tmp_path, "other", seed=5, group_hash="g2", metrics={"test_acc": 0.99, "val_acc": 0.9})  # other config
+    write(tmp_path, "failed", status="failed", reason="non-finite loss at step 3")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "result.json").write_text("{not json")
+    df = load_results(tmp_path)
+    assert len(df) == 7 and set(df.status) == {"ok", "failed", "unreadable"}
+    table = summarize(df).set_index(["recipe", "group_hash"])
+    spt = table.loc[("spt", "g1")]
+    assert spt.n == 3
+    assert abs(spt.test_acc_mean - statistics.mean(accs)) < 1e-12
+    assert abs(spt.test_acc_std - statistics.stdev(accs)) < 1e-12
+    assert table.loc[("spt", "g2")].n == 1  # never pooled with g1
+    assert table.loc[("supervised", "g1")].test_acc_mean == 0.3
+
+    assert main([str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "7 runs: 5 ok, 2 not ok" in summary and "non-finite loss at step 3" in summary
+    assert f"{statistics.mean(accs):.4f} ± {statistics.stdev(accs):.4f}" in summary
+
+
+def test_empty_folder_is_an_error(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    assert "no result.json" in capsys.readouterr().err
