@@ -143,9 +143,12 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     started = time.perf_counter() - elapsed
     model.train()
     bar = tqdm(total=total, initial=step, desc=stage.name, disable=not progress, leave=False, dynamic_ncols=True)
+    order_epoch, order = -1, None
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
-        index = epoch_order(len(train), seed, epoch)[pos * hp.batch_size : (pos + 1) * hp.batch_size]
+        if epoch != order_epoch:
+            order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
+        index = order[pos * hp.batch_size : (pos + 1) * hp.batch_size]
         ids, mask, labels = (t.to(device) for t in train.batch(index, pad_id))
         factor = lr_factor(step, total, warmup, hp.min_lr_ratio)
         for group in optim.param_groups:
@@ -186,6 +189,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             elapsed = time.perf_counter() - started
             save_last()
     bar.close()
+    write_log(log_path, [*prefix_rows, *history])  # also when a kill fell between last.pt and the log
 
     checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
     summary = {"identity": identity, "steps": total, "best_step": best_step, "best_val": best,

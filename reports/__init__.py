@@ -27,14 +27,16 @@ def load_results(root: str | Path) -> pd.DataFrame:
             "params": (r.get("params") or {}).get("total"),
             "pretrain_steps": (r.get("steps") or {}).get("pretrain", 0),
             "finetune_steps": (r.get("steps") or {}).get("finetune"),
-            "wall_time_s": (r.get("wall_time_s") or {}).get("total"),
+            # Compute spent on this result: every stage's own time, a reused pretraining at what it
+            # cost when it ran — so a cached stage does not make SPT look cheap.
+            "compute_s": sum(v for k, v in (r.get("wall_time_s") or {}).items() if k != "total") or None,
         })
     return pd.DataFrame(rows)
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per (task, arch, recipe, group_hash) over successful runs: n, mean and sample std of accuracy,
-    mean wall time. Runs whose configurations differ beyond the seed are never pooled."""
+    mean compute time (seconds over all stages). Runs whose configurations differ beyond the seed are never pooled."""
     ok = df[df["status"] == "ok"]
     if ok.empty:
         return pd.DataFrame()
@@ -42,6 +44,6 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out = ok.groupby(keys).agg(
         n=("test_acc", "size"), test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
         val_acc_mean=("val_acc", "mean"), params=("params", "first"), pretrain_steps=("pretrain_steps", "first"),
-        finetune_steps=("finetune_steps", "first"), wall_time_s=("wall_time_s", "mean"),
+        finetune_steps=("finetune_steps", "first"), compute_s=("compute_s", "mean"),
     )
     return out.reset_index()

@@ -31,8 +31,9 @@ def main(argv: list[str] | None = None) -> int:
         table["test_acc"] = [f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"
                              for m, s, n in zip(table.test_acc_mean, table.test_acc_std, table.n)]
         cols = ["task", "arch", "recipe", "n", "test_acc", "val_acc_mean", "params", "pretrain_steps",
-                "finetune_steps", "wall_time_s", "group_hash"]
-        lines += [markdown(table[cols]), "", "test_acc: mean ± sample std over seeds; val_acc_mean: mean over seeds."]
+                "finetune_steps", "compute_s", "group_hash"]
+        lines += [markdown(table[cols]), "", "test_acc: mean ± sample std over seeds; val_acc_mean: mean over seeds; "
+                  "compute_s: mean seconds over all stages (a reused pretraining counts what it cost)."]
     bad = df[df["status"] != "ok"]
     if not bad.empty:
         lines += ["", "## Runs not ok", *(f"- {p}: {s} — {r}" for p, s, r in zip(bad.path, bad.status, bad.reason))]

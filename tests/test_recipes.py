@@ -153,6 +153,6 @@ def test_checkpoints_refuse_arbitrary_pickles(tmp_path):
     path.write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "x": Boom()}, protocol=2))
     with pytest.raises(CheckpointError, match="cannot be read safely"):
         checkpoint.load(path, identity={})
-    path.write_bytes(b"\x80\x04truncated")
+    path.write_bytes(b"\x80\x02truncated")
     with pytest.raises(CheckpointError, match="cannot be read safely"):
         checkpoint.load(path, identity={})

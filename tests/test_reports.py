@@ -13,7 +13,8 @@ def write(root, name, **fields):
     path = root / name / "result.json"
     path.parent.mkdir(parents=True)
     base = {"task": "listops", "arch": "transformer", "recipe": "spt", "seed": 0, "status": "ok",
-            "group_hash": "g1", "params": {"total": 10}, "steps": {"finetune": 5}, "wall_time_s": {"total": 1.0}}
+            "group_hash": "g1", "params": {"total": 10}, "steps": {"finetune": 5},
+            "wall_time_s": {"pretrain": 2.0, "finetune": 1.0, "total": 1.5}}
     path.write_text(json.dumps({**base, **fields}))
 
 
@@ -35,6 +36,7 @@ def test_summary_means_and_stds_and_exclusions(tmp_path):
     assert abs(spt.test_acc_std - statistics.stdev(accs)) < 1e-12
     assert table.loc[("spt", "g2")].n == 1  # never pooled with g1
     assert table.loc[("supervised", "g1")].test_acc_mean == 0.3
+    assert spt.compute_s == 3.0  # pretrain + finetune, whatever this process's own total was
 
     assert main([str(tmp_path), "-o", str(tmp_path / "out")]) == 0
     summary = (tmp_path / "out" / "summary.md").read_text()
