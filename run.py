@@ -4,16 +4,30 @@ Wiring only: Hydra composes conf/, recipes.experiment.run does the work. Mistake
 fix end as one `error:` line and exit status 2; a diverged run is recorded and exits 1.
 """
 
+import hashlib
 import logging
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parent / "conf"
 GROUPS = ("arch", "task", "recipe", "experiment")
 log = logging.getLogger("sptbench")
+FAILED: list[str] = []  # jobs of a multirun that did not succeed; the sweep goes on, then exits 1
+
+
+def folder_name(overrides: str) -> str:
+    """Hydra's override_dirname ('finetune.lr=0.001,seed=...') made safe as one folder name: no '/',
+    and when too long for a file system, shortened with a hash of the whole so it stays unique."""
+    name = overrides.replace("/", "_")
+    if len(name) <= 120:
+        return name
+    return f"{name[:100].rsplit(',', 1)[0]},+{hashlib.sha256(name.encode()).hexdigest()[:10]}"
+
+
+OmegaConf.register_new_resolver("folder", folder_name, replace=True)
 
 
 def check_group_choices(argv: list[str]) -> str | None:
@@ -49,10 +63,12 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
+        FAILED.append(f"{hc.runtime.output_dir}: {exc}")
     except TrainingDiverged as exc:
         print(f"failed: {exc} (recorded in result.json)", file=sys.stderr)
         if not multirun:
             sys.exit(1)
+        FAILED.append(f"{hc.runtime.output_dir}: {exc}")
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
@@ -64,3 +80,6 @@ if __name__ == "__main__":
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()
+    if FAILED:
+        print(f"error: {len(FAILED)} job(s) of the sweep did not succeed:", *FAILED, sep="\n  ", file=sys.stderr)
+        sys.exit(1)

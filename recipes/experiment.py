@@ -112,12 +112,18 @@ def recipe_module(name: str):
     return module
 
 
+def check_seed(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}={value!r} must be a non-negative integer")
+
+
 def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
     """Impossible values that the modules would otherwise hit late or silently."""
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
-        raise ConfigError(f"seed={cfg.seed!r} must be a non-negative integer")
+    check_seed("seed", cfg.seed)
     for stage in stages:
         hp = cfg[stage]
+        if "seed" in hp:
+            check_seed(f"{stage}.seed", hp.seed)
         for key in ("batch_size", "eval_batch_size", "epochs"):
             value = hp[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -135,8 +141,13 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             raise ConfigError(f"{stage}: weight_decay, grad_clip and warmup_steps must be >= 0")
         if not 0 <= hp.min_lr_ratio <= 1:
             raise ConfigError(f"{stage}.min_lr_ratio={hp.min_lr_ratio} must be in [0, 1]")
-        if hp.get("mask_ratio") is not None and not 0 < hp.mask_ratio < 1:
-            raise ConfigError(f"{stage}.mask_ratio={hp.mask_ratio} must be in (0, 1)")
+        ratio = hp.get("mask_ratio")
+        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1):
+            raise ConfigError(f"{stage}.mask_ratio={ratio!r} must be a number in (0, 1), or null for the "
+                              "task's default")
+        betas = list(hp.betas) if OmegaConf.is_list(hp.betas) else None
+        if not betas or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ConfigError(f"{stage}.betas={hp.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.98]")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -151,7 +162,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     config_hash = digest(hashed)
     seedless = json.loads(json.dumps(hashed))
     seedless.pop("seed")
-    seedless.get("pretrain", {}).pop("seed", None)
+    # Seeds vary within a group. A pretraining seed that follows the run's (`${seed}`) varies with
+    # it; one pinned to a constant (shared pretraining) stays, so the two designs are never pooled.
+    if "pretrain" in seedless and OmegaConf.to_container(cfg.pretrain).get("seed") == "${seed}":
+        seedless["pretrain"].pop("seed")
     head = {"task": cfg.task.name, "arch": cfg.arch.name, "recipe": cfg.recipe.name, "seed": cfg.seed,
             "config_hash": config_hash, "group_hash": digest(seedless)}
 

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from recipes import checkpoint
 from recipes.errors import ConfigError
-from recipes.model import TokenPredictor, build_body
+from recipes.model import TokenPredictor, build_body, pooling_for
 from recipes.objectives import mask_tokens, next_token_targets, token_loss
 from recipes.supervised import finetune
 from recipes.train import Stage, fit
@@ -76,12 +76,16 @@ def run(ctx) -> dict:
     seed = int(hp.seed)
     torch.manual_seed(seed)
     body = build_body(cfg, task)
-    objective = objective_for(hp.objective, bool(getattr(body.backbone, "causal", False)))
+    causal = bool(getattr(body.backbone, "causal", False))
+    objective = objective_for(hp.objective, causal)
+    pooling_for(cfg.model, causal)  # a bad pooling must fail now, not after hours of pretraining
 
-    depends_on = {"format": checkpoint.FORMAT, "task": OmegaConf.to_container(cfg.task, resolve=True),
+    # The data itself (its digest covers source files and generator parameters), not the task
+    # config; and no setting that cannot change the pretrained weights (checkpoint cadence).
+    settings = {k: v for k, v in OmegaConf.to_container(hp, resolve=True).items() if k != "ckpt_every"}
+    depends_on = {"format": checkpoint.FORMAT, "data": task.data_key(), "vocab_size": spec.vocab_size,
                   "arch": OmegaConf.to_container(cfg.arch, resolve=True),
-                  "pretrain": {**OmegaConf.to_container(hp, resolve=True), "objective": objective,
-                               "mask_ratio": ratio, "seed": seed}}
+                  "pretrain": {**settings, "objective": objective, "mask_ratio": ratio, "seed": seed}}
     key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:16]
     out = ctx.cache_dir / "pretrain" / key
     out.mkdir(parents=True, exist_ok=True)
@@ -89,8 +93,15 @@ def run(ctx) -> dict:
     stage = Stage("pretrain", TokenPredictor(body, cfg.arch.d_model, spec.vocab_size), train_loss, val_loss, "loss")
     # One process pretrains; a concurrent run with the same key waits, then reuses the result.
     with FileLock(str(out) + ".lock"):
-        reused = (out / "done.json").exists()
-        if reused:
+        # Whether this run found the pretraining already done, fixed at its first attempt, so that a
+        # run resumed after its own pretraining still reports reused=false.
+        marker = ctx.run_dir / "pretrain_source.json"
+        source = checkpoint.read_json(marker) if marker.exists() else {}
+        if source.get("key") != key:
+            source = {"key": key, "reused": (out / "done.json").exists()}
+            checkpoint.write_json(marker, source)
+        reused = source["reused"]
+        if (out / "done.json").exists():
             log.info("pretrain: reusing cached checkpoint %s (key %s)", out, key)
         else:
             checkpoint.write_json(out / "depends_on.json", depends_on)

@@ -22,7 +22,8 @@ def load_results(root: str | Path) -> pd.DataFrame:
         rows.append({
             "path": str(path.parent), "task": r.get("task"), "arch": r.get("arch"), "recipe": r.get("recipe"),
             "seed": r.get("seed"), "status": r.get("status"), "reason": r.get("reason"),
-            "group_hash": r.get("group_hash"), "device": r.get("device"), "impl": r.get("impl"),
+            "config_hash": r.get("config_hash"), "group_hash": r.get("group_hash"),
+            "device": r.get("device"), "impl": r.get("impl"),
             **{k: v for k, v in (r.get("metrics") or {}).items() if k in ("test_acc", "val_acc")},
             "params": (r.get("params") or {}).get("total"),
             "pretrain_steps": (r.get("steps") or {}).get("pretrain", 0),
@@ -34,10 +35,17 @@ def load_results(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def duplicates(df: pd.DataFrame) -> pd.DataFrame:
+    """Successful runs whose exact configuration (seed included) already appears in another folder."""
+    ok = df[df["status"] == "ok"]
+    return ok[ok.duplicated("config_hash", keep="first")]
+
+
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     """Per (task, arch, recipe, group_hash) over successful runs: n, mean and sample std of accuracy,
-    mean compute time (seconds over all stages). Runs whose configurations differ beyond the seed are never pooled."""
-    ok = df[df["status"] == "ok"]
+    mean compute time (seconds over all stages). Runs whose configurations differ beyond the seed
+    are never pooled, and a configuration found in several folders counts once."""
+    ok = df[df["status"] == "ok"].drop_duplicates("config_hash", keep="first")
     if ok.empty:
         return pd.DataFrame()
     keys = ["task", "arch", "recipe", "group_hash"]

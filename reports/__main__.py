@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from reports import load_results, summarize
+from reports import duplicates, load_results, summarize
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     table = summarize(df)
     lines = ["# sptbench summary", "", f"{len(df)} runs: {int((df['status'] == 'ok').sum())} ok, "
              f"{int((df['status'] != 'ok').sum())} not ok (excluded from means).", ""]
+    copies = duplicates(df)
+    if not copies.empty:
+        lines += [f"{len(copies)} run(s) repeat a configuration found in another folder and count once:",
+                  *(f"- {p}" for p in copies.path), ""]
     if not table.empty:
         table["test_acc"] = [f"{m:.4f} ± {s:.4f}" if n > 1 else f"{m:.4f}"
                              for m, s, n in zip(table.test_acc_mean, table.test_acc_std, table.n)]

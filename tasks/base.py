@@ -105,6 +105,13 @@ class Task:
     def build(self) -> dict:
         raise NotImplementedError
 
+    def data_key(self) -> dict:
+        """Everything the prepared splits depend on (parameters, or the source files' identity)."""
+        return {"task": type(self).__name__, "version": self.version, **self.cache_key()}
+
+    def data_digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.data_key(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
     def encoder(self, d_model: int) -> nn.Module:
         return TokenEncoder(self.spec.vocab_size, d_model, self.spec.pad_id)
 
@@ -115,9 +122,8 @@ class Task:
 
         datasets.disable_progress_bars()  # our own bars say what is happening; its per-shard ones only add noise
 
-        key = {"task": type(self).__name__, "version": self.version, **self.cache_key()}
-        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-        root = Path(cache_dir) / "data" / f"{self.spec.name}-{digest}"
+        key = self.data_key()
+        root = Path(cache_dir) / "data" / f"{self.spec.name}-{self.data_digest()}"
         root.parent.mkdir(parents=True, exist_ok=True)
         # The lock makes two runs that need the same data build it once.
         with FileLock(str(root) + ".lock"):

@@ -11,7 +11,9 @@ Two sources, one tokenization:
   and the first n_train / n_val / n_test form the splits;
 - the official LRA release (`task.data_dir=.../listops-1000`): `basic_{train,val,test}.tsv`, tab
   separated with header `Source\tTarget`, Source written with the LRA's binary-tree parentheses,
-  e.g. `( ( ( [MAX 2 ) 9 ) ] )`. Parentheses carry no information and are dropped, as in LRA.
+  e.g. `( ( ( [MAX 2 ) 9 ) ] )`. Parentheses carry no information and are dropped, as in the
+  S4 / Amos et al. pipeline. (LRA's own tfds tokenizer keeps alphanumerics only, so it drops `]`
+  and the `[` of each operator too; we keep `]`, which marks where each argument list ends.)
 """
 
 from __future__ import annotations

@@ -74,14 +74,18 @@ def test_padding_does_not_influence_real_positions(backbone):
 def test_causality_when_declared(backbone):
     model, _, overrides = backbone
     assert model.causal == bool(overrides.get("causal", False))
-    x = torch.randn(1, 24, 16)
+    x = torch.randn(2, 24, 16)
     x2 = x.clone()
-    x2[0, 12:] += torch.randn(12, 16)
-    y, y2 = model(x), model(x2)
-    if model.causal:
-        torch.testing.assert_close(y[0, :12], y2[0, :12])
-    else:  # a bidirectional model must see the future, or causal=False would be a lie
-        assert not torch.allclose(y[0, :12], y2[0, :12])
+    x2[:, 12:] += torch.randn(2, 12, 16)
+    padded = torch.ones(2, 24, dtype=torch.bool)
+    padded[1, 20:] = False
+    # Without a mask, with an all-real mask, and with padding: training always passes a mask.
+    for mask in (None, torch.ones(2, 24, dtype=torch.bool), padded):
+        y, y2 = model(x, mask), model(x2, mask)
+        if model.causal:
+            torch.testing.assert_close(y[:, :12], y2[:, :12])
+        else:  # a bidirectional model must see the future, or causal=False would be a lie
+            assert not torch.allclose(y[:, :12], y2[:, :12])
 
 
 def test_state_dict_round_trip(backbone, tmp_path):

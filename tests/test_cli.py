@@ -13,27 +13,54 @@ QUICK = ["finetune.max_steps=4", "finetune.eval_every=2", "pretrain.max_steps=4"
          "pretrain.eval_every=2"]
 
 
+EXCLUDED = ("progress=",)  # keys left out of the folder name (conf/config.yaml, override_dirname)
+
+
+def folder(overrides: list[str]) -> str:
+    """The overrides part of a run folder: Hydra's override_dirname (sorted key=value joined by ','),
+    shortened by run.folder_name when long."""
+    from run import folder_name
+
+    return folder_name(",".join(sorted(o for o in overrides if not o.startswith(EXCLUDED))))
+
+
+def test_folder_names_stay_short_and_unique():
+    from run import folder_name
+
+    assert folder_name("finetune.lr=0.001") == "finetune.lr=0.001"
+    long_a, long_b = ",".join(f"k{i}={i}" for i in range(60)), ",".join(f"k{i}={i + 1}" for i in range(60))
+    assert len(folder_name(long_a)) <= 120 and folder_name(long_a) != folder_name(long_b)
+    assert "/" not in folder_name("experiment=a/b")
+
+
 def test_documented_command_writes_result_in_predictable_folder(tmp_path):
-    proc = cli(["arch=transformer", "recipe=spt", "task=listops", *tiny("spt")[1:], "seed=3"], cwd=tmp_path)
+    overrides = tiny("spt")[1:]
+    proc = cli(["arch=transformer", "recipe=spt", "task=listops", *overrides, "seed=3"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads((tmp_path / "runs/listops/transformer/spt/seed3/result.json").read_text())
+    run = tmp_path / "runs/listops/transformer/spt" / folder(overrides) / "seed3"
+    result = json.loads((run / "result.json").read_text())
     assert result["status"] == "ok" and result["seed"] == 3 and result["recipe"] == "spt"
-    assert (tmp_path / "runs/listops/transformer/spt/seed3/metrics.jsonl").exists()
+    assert (run / "metrics.jsonl").exists()
 
 
-def test_multirun_grid_puts_every_run_in_one_sweep(tmp_path):
-    proc = cli(["-m", "recipe=supervised,spt", "seed=0,1", *tiny("spt")[1:], *QUICK, "hydra.sweep.dir=sweep"],
-               cwd=tmp_path)
+def test_multirun_grid_uses_the_same_folders_and_reports_failed_jobs(tmp_path):
+    overrides = [*tiny("spt")[1:], *QUICK]
+    proc = cli(["-m", "recipe=supervised,spt", "seed=0,1", *overrides], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    found = sorted(str(p.relative_to(tmp_path / "sweep")) for p in (tmp_path / "sweep").rglob("result.json"))
-    assert found == [f"listops/transformer/{r}/seed{s}/result.json" for r in ("spt", "supervised") for s in (0, 1)]
+    found = sorted(str(p.relative_to(tmp_path / "runs")) for p in (tmp_path / "runs").rglob("result.json"))
+    assert found == [f"listops/transformer/{r}/{folder(overrides)}/seed{s}/result.json"
+                     for r in ("spt", "supervised") for s in (0, 1)]
+    # A job that cannot run does not stop the others, and the sweep's exit status says so.
+    bad = cli(["-m", "recipe=spt", "pretrain.objective=auto,ntp", *overrides], cwd=tmp_path)
+    assert bad.returncode == 1
+    assert "1 job(s) of the sweep did not succeed" in bad.stderr and "objective=ntp needs a causal" in bad.stderr
 
 
 BAD = [
     (["arch=mamba9"], "unknown arch 'mamba9': choose one of"),
     (["task=lisstops"], "unknown task 'lisstops'"),
     (["recipe=spt,semi"], "unknown recipe 'semi'"),
-    (["pretrain.mask_ratio=1.5"], "pretrain.mask_ratio=1.5 must be in (0, 1)"),
+    (["pretrain.mask_ratio=1.5"], "pretrain.mask_ratio=1.5 must be a number in (0, 1)"),
     (["pretrain.mask_ratio=null", "task.mask_ratio=0"], "task.mask_ratio=0 must be in (0, 1)"),
     (["arch.n_heads=3"], "d_model=32 is not divisible by n_heads=3"),
     (["arch.d_model=-8"], "d_model=-8 must be a positive integer"),
@@ -42,6 +69,11 @@ BAD = [
     (["finetune.lr=-1"], "finetune.lr=-1 must be > 0"),
     (["finetune.lr=fast"], "finetune.lr='fast' must be a number"),
     (["seed=-1"], "seed=-1 must be a non-negative integer"),
+    (["seed=true"], "seed=True must be a non-negative integer"),
+    (["pretrain.seed=-2"], "pretrain.seed=-2 must be a non-negative integer"),
+    (["pretrain.mask_ratio=abc"], "pretrain.mask_ratio='abc' must be a number in (0, 1)"),
+    (["finetune.betas=[0.9]"], "finetune.betas=[0.9] must be two numbers in [0, 1)"),
+    (["model.pooling=max"], "model.pooling='max' is not one of"),
     (["pretrain.objective=ntp"], "objective=ntp needs a causal backbone"),
     (["arch.causal=true", "model.pooling=cls"], "pooling=cls with a causal backbone"),
     (["task.data_dir=/nonexistent/listops"], "task.data_dir=/nonexistent/listops is not a directory"),
@@ -73,7 +105,7 @@ def test_malformed_official_file_names_file_and_line(tmp_path):
 
 def test_misspelt_option_fails_loudly(tmp_path):
     proc = cli([*tiny("spt")[1:], "arch.d_modle=64"], cwd=tmp_path)
-    assert proc.returncode != 0 and "d_modle" in proc.stderr
+    assert proc.returncode != 0 and "Could not override 'arch.d_modle'" in proc.stderr
     assert not list(tmp_path.rglob("result.json"))
 
 
@@ -109,3 +141,6 @@ def test_kill_9_then_same_command_resumes_to_the_same_result(tmp_path):
     ref = json.loads((tmp_path / "ref" / "result.json").read_text())
     got = json.loads((tmp_path / "killed" / "result.json").read_text())
     assert got["metrics"] == ref["metrics"] and got["config_hash"] == ref["config_hash"]
+    from tests.test_recipes import rows
+
+    assert rows(tmp_path / "killed" / "metrics.jsonl") == rows(tmp_path / "ref" / "metrics.jsonl")

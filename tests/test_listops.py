@@ -84,13 +84,30 @@ def test_generator_is_deterministic_and_seeded(tmp_path):
     assert a["train"] != c["train"]
 
 
-def test_early_stop_keeps_generator_distribution():
-    """Stopping big trees early must not change which lengths/values are kept (same filter)."""
+def test_early_stop_keeps_exactly_the_trees_the_full_process_keeps():
+    """From the same random state, the bounded generator returns the very tree the unbounded one
+    draws whenever that tree is under the limit, and gives up only on trees at or over it."""
     rng = random.Random(0)
-    for _ in range(2000):
-        tree, n = generate_tree(rng, 1, 10, 10, 40)
-        if tree is not None:
-            assert n < 40 and len(tokens(tree)) == n
+    for _ in range(1500):
+        state = rng.getstate()
+        bounded, n_bounded = generate_tree(rng, 1, 6, 6, 40)
+        after_bounded = rng.getstate()
+        rng.setstate(state)
+        full, n_full = generate_tree(rng, 1, 6, 6)
+        assert len(tokens(full)) == n_full
+        if n_full < 40:
+            assert bounded == full and n_bounded == n_full and rng.getstate() == after_bounded
+        else:
+            assert bounded is None
+
+
+def test_operator_probability_is_lra_value_p():
+    """A node below max_depth is an operator with probability 0.25 (LRA's VALUE_P), else a digit."""
+    rng = random.Random(1)
+    leaves = sum(generate_tree(rng, 1, 10, 10, limit=2)[0] is not None for _ in range(20_000))
+    assert abs(leaves / 20_000 - 0.75) < 0.015  # ~5 standard deviations
+    # at max_depth every node is a digit
+    assert all(isinstance(generate_tree(rng, 10, 10, 10)[0], int) for _ in range(200))
 
 
 def test_official_string_format_and_tokenization():

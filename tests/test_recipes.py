@@ -46,6 +46,15 @@ def test_spt_end_to_end_learns(tmp_path):
     assert stages == {"pretrain", "finetune"}
 
 
+def test_causal_spt_uses_next_token_prediction_and_learns(tmp_path):
+    cfg = make_cfg(tiny("spt", "arch.causal=true"), tmp_path)
+    result = experiment.run(cfg, tmp_path / "run")
+    m = result["metrics"]
+    assert result["pretrain"]["objective"] == "ntp"
+    assert m["pretrain_last_train_loss"] < 0.9 * m["pretrain_first_train_loss"]
+    assert m["test_acc"] > majority_rate(cfg, tmp_path) + 0.05
+
+
 def test_supervised_learns(tmp_path):
     cfg = make_cfg(tiny("supervised"), tmp_path)
     result = experiment.run(cfg, tmp_path / "run")
@@ -62,8 +71,18 @@ def test_pretraining_is_cached_by_what_it_depends_on(tmp_path, caplog):
     assert "reusing cached checkpoint" in caplog.text
     third = experiment.run(make_cfg(tiny("spt", *QUICK_SPT, "pretrain.lr=0.01"), tmp_path), tmp_path / "c")
     fourth = experiment.run(make_cfg(tiny("spt", *QUICK_SPT, "seed=1"), tmp_path), tmp_path / "d")
-    assert len({first["pretrain"]["key"], third["pretrain"]["key"], fourth["pretrain"]["key"]}) == 3
+    fifth = experiment.run(make_cfg(tiny("spt", *QUICK_SPT, "task.data_seed=1"), tmp_path), tmp_path / "e")
+    keys = [r["pretrain"]["key"] for r in (first, third, fourth, fifth)]
+    assert len(set(keys)) == 4  # pretraining settings, seed and data each change the key
     assert first["config_hash"] != second["config_hash"] and first["group_hash"] == fourth["group_hash"]
+    # The documented way to share one pretraining across fine-tuning seeds...
+    shared = experiment.run(make_cfg(tiny("spt", *QUICK_SPT, "seed=1", "pretrain.seed=0"), tmp_path), tmp_path / "f")
+    assert shared["pretrain"]["key"] == first["pretrain"]["key"] and shared["pretrain"]["reused"]
+    # ...is a different design from per-seed pretraining, so reports never pool the two.
+    assert shared["group_hash"] != fourth["group_hash"]
+    # Checkpoint cadence cannot change the weights, so it does not change the key.
+    cadence = experiment.run(make_cfg(tiny("spt", *QUICK_SPT, "pretrain.ckpt_every=2"), tmp_path), tmp_path / "g")
+    assert cadence["pretrain"]["key"] == first["pretrain"]["key"]
 
 
 class Interrupt:
@@ -96,6 +115,7 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch, c
         resumed = experiment.run(make_cfg(tiny("spt", *extra), out), out / "run")
     assert f"{stage}: resuming from" in caplog.text
     assert resumed["metrics"] == reference["metrics"]
+    assert resumed["pretrain"] == {**reference["pretrain"], "dir": resumed["pretrain"]["dir"]}  # reused=False too
     assert rows(out / "run" / "metrics.jsonl") == rows(tmp_path / "ref" / "run" / "metrics.jsonl")
     best = torch.load(out / "run" / "checkpoints" / "best.pt", weights_only=True)["model"]
     ref_best = torch.load(tmp_path / "ref" / "run" / "checkpoints" / "best.pt", weights_only=True)["model"]
