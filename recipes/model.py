@@ -107,11 +107,5 @@ def build_body(cfg: DictConfig, task: Task) -> Body:
     return Body(task.encoder(cfg.arch.d_model), backbone)
 
 
-def build_classifier(cfg: DictConfig, task: Task) -> Classifier:
-    body = build_body(cfg, task)
-    pooling = pooling_for(cfg.model, bool(getattr(body.backbone, "causal", False)))
-    return Classifier(body, cfg.arch.d_model, task.spec.n_classes, pooling)
-
-
 def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
