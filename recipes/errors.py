@@ -16,3 +16,10 @@ class TrainingDiverged(RuntimeError):
 
 
 USER_ERRORS = (ConfigError, CheckpointError, DataError)
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The original error under Hydra's instantiate wrappers, whose message is the one to show."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc

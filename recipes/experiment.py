@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from recipes import checkpoint
-from recipes.errors import ConfigError, TrainingDiverged
+from recipes.errors import ConfigError, TrainingDiverged, root_cause
 from tasks.base import DataError, Task
 
 log = logging.getLogger(__name__)
@@ -94,9 +94,7 @@ def build_task(task_cfg: DictConfig) -> Task:
     try:
         return instantiate(params, _convert_="all")
     except Exception as exc:
-        root = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
+        root = root_cause(exc)
         if isinstance(root, (ValueError, TypeError, ImportError)):
             raise ConfigError(f"task '{name}' ({params.get('_target_')}): {root}") from exc
         raise

@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from recipes.errors import ConfigError
+from recipes.errors import ConfigError, root_cause
 from tasks.base import Task
 
 POOLINGS = ("mean", "cls", "last")
@@ -78,9 +78,7 @@ def build_backbone(arch_cfg: DictConfig, max_len: int) -> nn.Module:
     try:
         return instantiate(params, max_len=max_len, _convert_="all")
     except Exception as exc:  # Hydra wraps constructor errors; show the root cause in one line
-        root = exc
-        while root.__cause__ is not None:
-            root = root.__cause__
+        root = root_cause(exc)
         if isinstance(root, (ValueError, TypeError)):
             raise ConfigError(f"arch '{name}' ({params['_target_']}): {root}") from exc
         if isinstance(root, ImportError | AttributeError):
