@@ -2,6 +2,8 @@
 
 Wiring only: Hydra composes conf/, recipes.experiment.run does the work. Mistakes the user can
 fix end as one `error:` line and exit status 2; a diverged run is recorded and exits 1.
+A sweep (-m) runs every job whatever happens to the others, builds the report in the sweep folder
+(reports/hook.py, `hydra.callbacks.report`), then exits 1 if any job or the report failed.
 """
 
 import hashlib
@@ -72,6 +74,13 @@ def main(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
+    except Exception as exc:
+        if not multirun:
+            raise
+        # Recorded as failed in result.json by experiment.run; the traceback goes to the job's run.log.
+        # Hydra would stop the sweep here (and skip its report); the other jobs deserve to run.
+        log.exception("job failed")
+        FAILED.append(f"{hc.runtime.output_dir}: {type(exc).__name__}: {exc}")
 
 
 if __name__ == "__main__":
@@ -80,6 +89,9 @@ if __name__ == "__main__":
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
     main()
+    from reports import hook  # loaded by Hydra when a sweep configured the report callback
+
     if FAILED:
         print(f"error: {len(FAILED)} job(s) of the sweep did not succeed:", *FAILED, sep="\n  ", file=sys.stderr)
+    if FAILED or hook.FAILED:
         sys.exit(1)

@@ -1,0 +1,277 @@
+"""Assemble a report from a folder of runs: report.md, report.html (figures embedded), results.csv
+(one row per run), cells.csv (one row per configuration) and the figures as PNG."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from reports import figures, stats
+from reports.load import load_config, load_curves, load_runs, usable
+from reports.render import Table, interval, pct, signed, to_html, to_markdown
+
+BASE, TREAT = "supervised", "spt"  # the comparison the suite is about; other recipes still get tables
+
+
+class NoRuns(ValueError):
+    """The folder holds no run at all."""
+
+
+def atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def show(v) -> str:
+    """A value read from a file for a table cell: missing -> '?', 3.0 -> '3' (pandas turns ints with
+    gaps into floats)."""
+    if v is None or (isinstance(v, float) and v != v):
+        return "?"
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def config_difference(paths: list[str]) -> str:
+    """'finetune.lr: 0.001 | 0.0003' for the settings (seeds aside) that differ between runs' configs."""
+    configs = [flat(load_config(p)) for p in paths]
+    keys = sorted({k for c in configs for k in c} - {"seed", "pretrain.seed"})
+    diff = [f"{k}: {' | '.join(str(c.get(k, '<unset>')) for c in configs)}"
+            for k in keys if len({repr(c.get(k, '<unset>')) for c in configs}) > 1]
+    if not diff:
+        return "the stored configs show no difference (older result files, or a setting outside the config)"
+    return "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+
+
+def gap_section(recipes: dict, ambiguous_note: str | None) -> list:
+    """Gap tables for one task (or the average): best − worst per recipe, and each arch − best."""
+    blocks, gaps = [], {}
+    rows = []
+    for recipe in sorted(recipes):
+        g = stats.gap(recipes[recipe])
+        gaps[recipe] = g
+        if g is None:
+            rows.append([recipe, ", ".join(sorted(recipes[recipe])), "–", "–", "n/a (needs >= 2 architectures)", "–"])
+        else:
+            rows.append([recipe, ", ".join(sorted(recipes[recipe])), g["best"], g["worst"], pct(g["gap"]),
+                         interval(g["gap_ci"])])
+    blocks.append(("table", Table(["recipe", "architectures", "best", "worst", "gap (best − worst)", "95% CI"], rows)))
+    archs = sorted({a for r in recipes.values() for a in r})
+    ordered = sorted(recipes)
+    vs = []
+    for arch in archs:
+        row = [arch]
+        for recipe in ordered:
+            g = gaps[recipe]
+            if g is None or arch not in g["vs_best"]:
+                row.append("–")
+            elif arch == g["best"]:
+                row.append("0.00 (best)")
+            else:
+                d, lo_hi = g["vs_best"][arch]
+                row.append(f"{signed(d)} {interval(lo_hi, signed)}")
+        vs.append(row)
+    if any(g is not None for g in gaps.values()):
+        blocks += [("p", "Each architecture − the best one under the same recipe (points, 95% CI):"),
+                   ("table", Table(["arch", *ordered], vs))]
+    if ambiguous_note:
+        blocks.append(("p", ambiguous_note))
+    return blocks, gaps
+
+
+def closed_row(label: str, recipes: dict) -> list:
+    c = stats.gap_closed(recipes, BASE, TREAT)
+    if c["value"] is None:
+        gaps = [pct(c.get("gap_base")), pct(c.get("gap_treat"))] if "gap_base" in c else ["–", "–"]
+        return [label, ", ".join(c["archs"]) or "–", *gaps, "undefined", "–", c["why"]]
+    note = []
+    if c["left_out"]:
+        note.append(f"left out (one recipe only): {', '.join(c['left_out'])}")
+    if c["undefined_resamples"]:
+        note.append(f"{c['undefined_resamples']} resamples with gap({BASE}) = 0 left out of the CI")
+    return [label, ", ".join(c["archs"]), pct(c["gap_base"]), pct(c["gap_treat"]), pct(c["value"]),
+            interval(c["ci"]), "; ".join(note) or "–"]
+
+
+CLOSED_COLUMNS = ["task", "architectures", f"gap {BASE}", f"gap {TREAT}", "gap closed (%)", "95% CI", "note"]
+
+
+def gain_table(recipes: dict, compute: dict | None = None, test: bool = True) -> Table | None:
+    base, treat = recipes.get(BASE, {}), recipes.get(TREAT, {})
+    archs = sorted(set(base) & set(treat))
+    if not archs:
+        return None
+    rows = []
+    for arch in archs:
+        g = stats.gain(base[arch], treat[arch])
+        row = [arch, pct(base[arch].mean), pct(treat[arch].mean), signed(g["gain"]), interval(g["ci"], signed)]
+        if test:
+            if g["p"] is None:
+                row += ["–", f"n/a ({g['why']})", "n/a"]
+            else:
+                row += [f"{g['t']:.3f}", f"{g['p']:.3g}", "yes" if g["significant"] else "no"]
+        if compute is not None:
+            row.append(f"{compute.get((arch, BASE), '?')} → {compute.get((arch, TREAT), '?')}")
+        rows.append(row)
+    cols = ["arch", BASE, TREAT, "gain", "95% CI"]
+    if test:
+        cols += ["Welch t", "p", "significant at 0.05"]
+    if compute is not None:
+        cols.append(f"compute s ({BASE} → {TREAT})")
+    return Table(cols, rows)
+
+
+def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed: int = 0,
+          command: str | None = None) -> dict:
+    """Write the report for runs_dir into out_dir; return counts and the paths written."""
+    runs_dir, out = Path(runs_dir), Path(out_dir)
+    runs = load_runs(runs_dir)
+    if runs.empty:
+        raise NoRuns(f"no runs (result.json or run folders) under {runs_dir}; run `python run.py ...` first")
+    out.mkdir(parents=True, exist_ok=True)
+    ok, repeated = usable(runs)
+    cells = stats.make_cells(ok, n_boot, seed)
+    table = stats.cell_table(ok, cells)
+    by_task, ambiguous = stats.points(cells)
+    several = {(t, a, r) for t, a, r, _ in ambiguous}
+    runs = runs.assign(counted=runs.path.isin(ok.path))
+    bad = runs[runs.status != "ok"]
+
+    blocks = [("h1", "sptbench report"),
+              ("p", f"Runs read from {runs_dir}" + (f" by `{command}`" if command else "") + ". Accuracies are test "
+               f"accuracy in %, gaps and gains in percentage points. Spread: sample std over seeds; 95% CI: "
+               f"percentile bootstrap over seeds ({n_boot} resamples, seed {seed}). A cell with one seed has no "
+               "spread and no CI.")]
+    counts = bad.status.value_counts().to_dict()
+    summary = (f"{len(runs)} runs: {len(ok)} counted, {len(repeated)} repeating a configuration already counted, "
+               f"{len(bad)} not ok and excluded from means")
+    if counts:
+        summary += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
+    blocks += [("h2", "Runs"), ("p", summary + ".")]
+
+    warnings = []
+    for task, arch, recipe, groups in ambiguous:
+        paths = [ok[(ok.task == task) & (ok.arch == arch) & (ok.recipe == recipe) & (ok.group_hash == g)].path.iloc[0]
+                 for g in groups]
+        warnings.append(f"{task} / {arch} / {recipe} has {len(groups)} configurations "
+                        f"({', '.join(g[:8] for g in groups)}), reported apart and left out of gaps and gains: "
+                        f"{config_difference(paths)}")
+    for (task, arch), g in ok.groupby(["task", "arch"], sort=True):
+        impls = ", ".join(f"{k}: {v} run(s)" for k, v in g.impl.fillna("?").value_counts().sort_index().items())
+        if g.impl.fillna("?").nunique() > 1:
+            warnings.append(f"{task} / {arch} mixes implementations ({impls}): its numbers and timings combine "
+                            "different kernels")
+        devices = ", ".join(f"{k}: {v} run(s)" for k, v in g.device.fillna("?").value_counts().sort_index().items())
+        if g.device.fillna("?").nunique() > 1:
+            warnings.append(f"{task} / {arch} ran on several devices ({devices}): compute times are not comparable")
+    if warnings:
+        blocks += [("h2", "Warnings"), ("list", warnings)]
+
+    figs = []
+    if not ok.empty:
+        fig_dir = out
+        tasks = sorted(by_task)
+        closed = [closed_row(t, by_task[t]) for t in tasks]
+        average, left_out = stats.average_over_tasks(by_task) if len(tasks) > 1 else ({}, [])
+        if len(tasks) > 1:
+            closed.append(closed_row("average over tasks", average) if average else
+                          ["average over tasks", "–", "–", "–", "undefined", "–", "no arch × recipe in every task"])
+        blocks += [("h2", f"Gap closed by {TREAT}"),
+                   ("p", f"gap = best − worst mean accuracy among the architectures that ran both {BASE} and {TREAT}; "
+                    f"gap closed = 1 − gap({TREAT}) / gap({BASE}). 100% means {TREAT} made the architectures equal; "
+                    "negative means it widened the gap."),
+                   ("table", Table(CLOSED_COLUMNS, closed))]
+        gaps_by_task = {}
+        for task in tasks:
+            t_cells = table[table.task == task]
+            multi = {a for a in t_cells.arch if len(t_cells[t_cells.arch == a].group_hash.unique()) > 1}
+            rows = []
+            for r in t_cells.sort_values(["arch", "recipe", "group_hash"]).itertuples():
+                spread = r.n > 1  # pandas stores a missing std/CI as NaN: decide by n, not by the value
+                rows.append([r.arch, r.recipe, r.group_hash[:8], r.n, ", ".join(map(str, r.seeds)), pct(r.mean),
+                             pct(r.std) if spread else "n/a (1 seed)", interval((r.ci_lo, r.ci_hi) if spread else None),
+                             "–" if pd.isna(r.val_acc_mean) else pct(r.val_acc_mean), r.params, r.pretrain_steps,
+                             r.finetune_steps, "–" if pd.isna(r.compute_s) else f"{r.compute_s:.1f}", r.device,
+                             r.impl])
+            blocks += [("h2", f"Task: {task}"), ("h3", "Accuracy: arch × recipe"),
+                       ("table", Table(["arch", "recipe", "config", "n", "seeds", "mean", "std", "95% CI", "val mean",
+                                        "params", "pretrain steps", "finetune steps", "compute s", "device", "impl"],
+                                       rows))]
+            note = None
+            if any(k[0] == task for k in several):
+                note = ("Left out of the comparisons below (several configurations, see Warnings): "
+                        + ", ".join(f"{a}/{r}" for t, a, r in sorted(several) if t == task) + ".")
+            blocks.append(("h3", "Gap between architectures"))
+            gap_blocks, gaps_by_task[task] = gap_section(by_task.get(task, {}), note)
+            blocks += gap_blocks
+            compute = {(r.arch, r.recipe): "–" if pd.isna(r.compute_s) else f"{r.compute_s:.1f}"
+                       for r in t_cells.itertuples() if (task, r.arch, r.recipe) not in several}
+            gains = gain_table(by_task.get(task, {}), compute)
+            if gains:
+                blocks += [("h3", f"{TREAT} gain per architecture"),
+                           ("p", f"gain = mean({TREAT}) − mean({BASE}); Welch's t-test over seeds (scipy, unequal "
+                            "variances), two-sided."), ("table", gains)]
+            curve_runs = ok[ok.task == task]
+            curve = load_curves(curve_runs.path)
+            if not curve.empty:
+                label = {p: f"{a}/{r}" + (f" [{g[:6]}]" if a in multi else "")
+                         for p, a, r, g in zip(curve_runs.path, curve_runs.arch, curve_runs.recipe,
+                                               curve_runs.group_hash)}
+                curve = curve.assign(label=curve.path.map(label))
+                name = f"curves_{figures.safe(task)}_{len(figs)}.png"
+                figs.append((task, figures.curves(task, curve, fig_dir / name),
+                             f"{task}: validation accuracy during fine-tuning"))
+        figs.insert(0, (None, figures.accuracy_bars(table, fig_dir),
+                        "Test accuracy per task, architecture and recipe (error bars: 95% bootstrap CI)"))
+        if any(g for t in gaps_by_task.values() for g in t.values()):
+            figs.insert(1, (None, figures.gap_bars(gaps_by_task, fig_dir),
+                            "Gap between the best and worst architecture under each recipe (error bars: 95% CI)"))
+        if average:
+            blocks += [("h2", "Average over tasks"),
+                       ("p", "Unweighted mean over tasks of each architecture × recipe mean, for those present in "
+                        "every task" + (f" (left out: {'; '.join(left_out)})" if left_out else "") + ". CIs average "
+                        "the per-task resamples; no t-test, since seeds are not paired across tasks."),
+                       ("table", Table(["arch", "recipe", "mean", "95% CI", "fewest seeds"],
+                                       [[a, r, pct(p.mean), interval(stats.ci(p.boot, p.n)), p.n]
+                                        for a, r, p in sorted((a, r, p) for r in average
+                                                              for a, p in average[r].items())]))]
+            gap_blocks, _ = gap_section(average, None)
+            blocks += gap_blocks
+            gains = gain_table(average, test=False)
+            if gains:
+                blocks += [("p", f"Average {TREAT} gain:"), ("table", gains)]
+        blocks += [("h2", "Figures"), *(("img", (str(p), cap)) for _, p, cap in figs)]
+
+    if not bad.empty:
+        blocks += [("h2", "Runs not counted"),
+                   ("table", Table(["path", "task", "arch", "recipe", "seed", "status", "reason"],
+                                   [[str(Path(r.path).relative_to(runs_dir)) if Path(r.path).is_relative_to(runs_dir)
+                                     else r.path, *map(show, (r.task, r.arch, r.recipe, r.seed, r.status, r.reason))]
+                                    for r in bad.astype(object).itertuples()]))]
+    if not repeated.empty:
+        blocks += [("h2", "Repeated configurations"),
+                   ("p", "Same configuration and seed (config_hash) as a run already counted; counted once:"),
+                   ("list", sorted(repeated.path))]
+
+    runs.to_csv(out / "results.csv.tmp", index=False)
+    os.replace(out / "results.csv.tmp", out / "results.csv")
+    table.to_csv(out / "cells.csv.tmp", index=False)
+    os.replace(out / "cells.csv.tmp", out / "cells.csv")
+    atomic_text(out / "report.md", to_markdown(blocks))
+    atomic_text(out / "report.html", to_html(blocks, f"sptbench report: {runs_dir}"))
+    return {"runs": len(runs), "counted": len(ok), "not_ok": len(bad), "out": out,
+            "figures": [p for _, p, _ in figs]}

@@ -1,0 +1,114 @@
+"""Figures (matplotlib, Agg: no display needed): accuracy bars with CIs, the gap under each recipe,
+and validation-accuracy curves. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+DPI = 110
+
+
+def safe(name: str) -> str:
+    """A file-name-safe version of a name read from result files."""
+    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))[:60] or "_"
+
+
+def save(fig, path: Path) -> Path:
+    """Write the PNG under a temporary name, then rename: a reader never sees half a figure."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _errors(means, los, his):
+    """Asymmetric error bars; cells without a CI (1 seed) get none."""
+    lower = [m - lo if lo is not None and not pd.isna(lo) else 0 for m, lo in zip(means, los)]
+    upper = [hi - m if hi is not None and not pd.isna(hi) else 0 for m, hi in zip(means, his)]
+    return np.array([lower, upper]) * 100
+
+
+def grouped_bars(ax, groups: list[str], series: dict[str, tuple[list, list, list]], ylabel: str) -> None:
+    """series: label -> (values, ci_lo, ci_hi) aligned with groups (None = missing)."""
+    width = 0.8 / max(len(series), 1)
+    x = np.arange(len(groups))
+    for i, (label, (vals, los, his)) in enumerate(series.items()):
+        present = [j for j, v in enumerate(vals) if v is not None]
+        means = [vals[j] for j in present]
+        err = _errors(means, [los[j] for j in present], [his[j] for j in present])
+        ax.bar(x[present] + (i - (len(series) - 1) / 2) * width, np.array(means) * 100, width, yerr=err,
+               capsize=3, label=str(label))
+    ax.set_xticks(x, [str(g) for g in groups], rotation=20, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.grid(axis="y", alpha=0.3)
+
+
+def accuracy_bars(cells: pd.DataFrame, out: Path) -> Path:
+    """One panel per task: test accuracy per arch (groups) and recipe (bars), 95% CI error bars."""
+    tasks = sorted(cells.task.unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5, 4.5 * len(tasks)), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        c = cells[cells.task == task]
+        labels = sorted({(a, g) for a, g in zip(c.arch, c.group_hash)})
+        several = {a for a in c.arch if len(c[c.arch == a].group_hash.unique()) > 1}
+        names = [f"{a} [{g[:6]}]" if a in several else a for a, g in labels]
+        series = {}
+        for recipe in sorted(c.recipe.unique()):
+            rows = [c[(c.arch == a) & (c.group_hash == g) & (c.recipe == recipe)] for a, g in labels]
+            series[recipe] = ([r["mean"].iloc[0] if len(r) else None for r in rows],
+                              [r.ci_lo.iloc[0] if len(r) else None for r in rows],
+                              [r.ci_hi.iloc[0] if len(r) else None for r in rows])
+        grouped_bars(ax, names, series, "test accuracy (%)")
+        ax.set_title(str(task))
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, out / "accuracy.png")
+
+
+def gap_bars(gaps: dict[str, dict[str, dict | None]], out: Path) -> Path:
+    """gaps: task -> recipe -> stats.gap result (None when < 2 archs). Bars per task and recipe."""
+    tasks = sorted(gaps)
+    recipes = sorted({r for t in tasks for r in gaps[t]})
+    series = {}
+    for recipe in recipes:
+        found = [gaps[t].get(recipe) for t in tasks]
+        series[recipe] = ([g["gap"] if g else None for g in found],
+                          [g["gap_ci"][0] if g and g["gap_ci"] else None for g in found],
+                          [g["gap_ci"][1] if g and g["gap_ci"] else None for g in found])
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tasks) + 3), 4))
+    grouped_bars(ax, tasks, series, "best − worst architecture (points)")
+    ax.set_title("Gap between architectures under each recipe")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, out / "gap.png")
+
+
+def curves(task: str, curves: pd.DataFrame, path: Path) -> Path:
+    """Validation accuracy vs fine-tuning step, one line per configuration (label column): the mean
+    over seeds at each step, and a band of ± 1 std where >= 2 seeds reached that step."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for label, g in curves.groupby("label", sort=True):
+        by = g.groupby("step").val_acc
+        mean, std, n = by.mean(), by.std(ddof=1), by.size()
+        line, = ax.plot(mean.index, mean * 100, label=str(label), marker="." if len(mean) < 30 else None)
+        band = n >= 2
+        if band.any():
+            ax.fill_between(mean.index[band], ((mean - std) * 100)[band], ((mean + std) * 100)[band],
+                            color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title(f"{task}: validation accuracy (mean over seeds ± 1 std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return save(fig, path)

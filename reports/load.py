@@ -1,0 +1,151 @@
+"""Read a folder of runs: every `result.json`, run folders that never wrote one, and metrics logs.
+
+A run folder is a Hydra job folder (`.hydra/config.yaml`) or a folder with a `checkpoints/`
+subfolder or `metrics.jsonl`; the pretraining cache (`_cache/`) and report folders are neither.
+Nothing is imported from the training code: the fields read here are those that
+recipes/experiment.py writes (task, arch, recipe, seed, status, reason, config_hash, group_hash,
+metrics, params, steps, wall_time_s, device, impl, config) and the rows of recipes/train.py's
+metrics.jsonl (stage, step, val_acc, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED = ("task", "arch", "recipe", "seed", "group_hash", "config_hash")
+COLUMNS = ["path", "task", "arch", "recipe", "seed", "status", "reason", "config_hash", "group_hash", "device",
+           "impl", "test_acc", "val_acc", "params", "pretrain_steps", "finetune_steps", "compute_s",
+           "pretrain_reused", "code_version"]
+
+
+def _row(path: Path, r: dict) -> dict:
+    metrics = r.get("metrics") or {}
+    steps = r.get("steps") or {}
+    wall = r.get("wall_time_s") or {}
+    pretrain = r.get("pretrain") or {}
+    return {
+        "path": str(path.parent), "task": r.get("task"), "arch": r.get("arch"), "recipe": r.get("recipe"),
+        "seed": r.get("seed"), "status": r.get("status"), "reason": r.get("reason"),
+        "config_hash": r.get("config_hash"), "group_hash": r.get("group_hash"), "device": r.get("device"),
+        "impl": r.get("impl"), "test_acc": metrics.get("test_acc"), "val_acc": metrics.get("val_acc"),
+        "params": (r.get("params") or {}).get("total"), "pretrain_steps": steps.get("pretrain", 0),
+        "finetune_steps": steps.get("finetune"),
+        # Compute spent on this result: every stage's own time, a reused pretraining at what it cost
+        # when it ran, so a cached stage does not make SPT look cheap. `total` is this process only.
+        "compute_s": sum(v for k, v in wall.items() if k != "total" and isinstance(v, (int, float))) or None,
+        "pretrain_reused": pretrain.get("reused"), "code_version": r.get("code_version"),
+    }
+
+
+def _check(row: dict) -> str | None:
+    """Why an 'ok' result cannot be used, or None."""
+    missing = [k for k in REQUIRED if row[k] is None]
+    if missing:
+        return f"result.json has status ok but lacks {', '.join(missing)}"
+    acc = row["test_acc"]
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not 0 <= acc <= 1:
+        return f"result.json has status ok but metrics.test_acc={acc!r} is not an accuracy in [0, 1]"
+    return None
+
+
+def last_error(run_dir: Path) -> str | None:
+    """The last ERROR line of the run's log (a configuration error ends a run before result.json)."""
+    log = run_dir / "run.log"
+    if not log.is_file():
+        return None
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "[ERROR]" in ln]
+    except OSError:
+        return None
+    return lines[-1].split("[ERROR] - ", 1)[-1].strip() if lines else None
+
+
+def is_run_folder(d: Path) -> bool:
+    return (d / ".hydra" / "config.yaml").is_file() or (d / "checkpoints").is_dir()
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run under root (COLUMNS). status: ok | failed | unreadable | invalid | unfinished |
+    whatever else a result.json says; `reason` says why a run is not ok."""
+    root = Path(root)
+    rows = []
+    with_result = set()
+    for path in sorted(root.rglob("result.json")):
+        with_result.add(path.parent)
+        try:
+            r = json.loads(path.read_text())
+            if not isinstance(r, dict):
+                raise ValueError(f"expected a JSON object, found {type(r).__name__}")
+        except (OSError, ValueError) as exc:
+            rows.append({"path": str(path.parent), "status": "unreadable", "reason": f"result.json: {exc}"})
+            continue
+        row = _row(path, r)
+        if row["status"] == "ok":
+            problem = _check(row)
+            if problem:
+                row.update(status="invalid", reason=problem)
+        elif row["status"] is None:
+            row.update(status="invalid", reason="result.json has no status")
+        elif not row["reason"]:
+            row["reason"] = f"status {row['status']} without a reason"
+        rows.append(row)
+    for d in sorted({p.parent for p in root.rglob("*") if p.name in (".hydra", "checkpoints", "metrics.jsonl")}):
+        if d in with_result or not is_run_folder(d) or any(part.startswith("_") for part in d.relative_to(root).parts):
+            continue
+        rows.append({"path": str(d), **identity_from_folder(d), "status": "unfinished",
+                     "reason": last_error(d) or "no result.json: still running, interrupted or killed "
+                                                "(rerun the same command to resume)"})
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    # A column of seeds with a gap (an unreadable run) would turn float: keep 3 as 3, not 3.0.
+    df["seed"] = pd.Series([int(v) if isinstance(v, float) and v.is_integer() else v for v in df.seed],
+                           index=df.index, dtype=object)
+    return df
+
+
+def identity_from_folder(d: Path) -> dict:
+    """task/arch/recipe/seed of a run without result.json, from Hydra's saved config when readable."""
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(d / ".hydra" / "config.yaml")
+        return {"task": OmegaConf.select(cfg, "task.name"), "arch": OmegaConf.select(cfg, "arch.name"),
+                "recipe": OmegaConf.select(cfg, "recipe.name"), "seed": OmegaConf.select(cfg, "seed")}
+    except Exception:  # an unfinished run is listed whatever state its folder is in
+        return {}
+
+
+def load_config(run_path: str | Path) -> dict:
+    """The resolved config stored in a run's result.json ({} when absent)."""
+    try:
+        return json.loads((Path(run_path) / "result.json").read_text()).get("config") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def usable(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """-> (ok runs counted once, ok runs that repeat a configuration already counted). A configuration
+    (config_hash, seed included) found in several folders is one result, not extra seeds."""
+    ok = runs[runs["status"] == "ok"].sort_values("path")
+    repeated = ok.duplicated("config_hash", keep="first")
+    return ok[~repeated].copy(), ok[repeated].copy()
+
+
+def load_curves(paths) -> pd.DataFrame:
+    """Fine-tuning validation rows of each run's metrics.jsonl: path, step, val_acc. Missing or torn
+    logs contribute nothing (the run's result.json is what counts)."""
+    rows = []
+    for p in paths:
+        log = Path(p) / "metrics.jsonl"
+        if not log.is_file():
+            continue
+        for line in log.read_text(errors="replace").splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and r.get("stage") == "finetune" and isinstance(r.get("val_acc"), (int, float)):
+                rows.append({"path": str(p), "step": r.get("step"), "val_acc": r["val_acc"]})
+    return pd.DataFrame(rows, columns=["path", "step", "val_acc"])
