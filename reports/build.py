@@ -131,7 +131,7 @@ def gain_table(recipes: dict, compute: dict | None = None, test: bool = True) ->
     if test:
         cols += ["Welch t", "p", "significant at 0.05"]
     if compute is not None:
-        cols.append(f"compute s ({BASE} → {TREAT})")
+        cols.append(f"wall time s ({BASE} → {TREAT})")
     return Table(cols, rows)
 
 
@@ -155,7 +155,10 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
               ("p", f"Runs read from {runs_dir}" + (f" by `{command}`" if command else "") + ". Accuracies are test "
                f"accuracy in %, gaps and gains in percentage points. Spread: sample std over seeds; 95% CI: "
                f"percentile bootstrap over seeds ({n_boot} resamples, seed {seed}). A cell with one seed has no "
-               "spread and no CI.")]
+               "spread and no CI. Budget: params = parameters of the fine-tuned model (encoder, backbone, head); "
+               "wall time = seconds of all stages, mean over seeds (a pretraining reused from the cache counts "
+               "what it cost when it ran); "
+               "config = the configuration hash without the seed (runs are only averaged within one).")]
     counts = bad.status.value_counts().to_dict()
     summary = (f"{len(runs)} runs: {len(ok)} counted, {len(repeated)} repeating a configuration already counted, "
                f"{len(bad)} not ok and excluded from means")
@@ -198,7 +201,6 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
         gaps_by_task = {}
         for task in tasks:
             t_cells = table[table.task == task]
-            multi = {a for a in t_cells.arch if len(t_cells[t_cells.arch == a].group_hash.unique()) > 1}
             rows = []
             for r in t_cells.sort_values(["arch", "recipe", "group_hash"]).itertuples():
                 spread = r.n > 1  # pandas stores a missing std/CI as NaN: decide by n, not by the value
@@ -209,7 +211,7 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
                              r.impl])
             blocks += [("h2", f"Task: {task}"), ("h3", "Accuracy: arch × recipe"),
                        ("table", Table(["arch", "recipe", "config", "n", "seeds", "mean", "std", "95% CI", "val mean",
-                                        "params", "pretrain steps", "finetune steps", "compute s", "device", "impl"],
+                                        "params", "pretrain steps", "finetune steps", "wall time s", "device", "impl"],
                                        rows))]
             note = None
             if any(k[0] == task for k in several):
@@ -228,7 +230,7 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
             curve_runs = ok[ok.task == task]
             curve = load_curves(curve_runs.path)
             if not curve.empty:
-                label = {p: f"{a}/{r}" + (f" [{g[:6]}]" if a in multi else "")
+                label = {p: f"{a}/{r}" + (f" [{g[:6]}]" if (task, a, r) in several else "")
                          for p, a, r, g in zip(curve_runs.path, curve_runs.arch, curve_runs.recipe,
                                                curve_runs.group_hash)}
                 curve = curve.assign(label=curve.path.map(label))

@@ -22,6 +22,12 @@ def safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))[:60] or "_"
 
 
+def recipe_order(names) -> list[str]:
+    """From scratch first, then SPT, then any other recipe: bars read left to right as a before/after."""
+    rank = {"supervised": 0, "spt": 1}
+    return sorted(set(names), key=lambda r: (rank.get(r, 2), str(r)))
+
+
 def save(fig, path: Path) -> Path:
     """Write the PNG under a temporary name, then rename: a reader never sees half a figure."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -59,12 +65,15 @@ def accuracy_bars(cells: pd.DataFrame, out: Path) -> Path:
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(5, 4.5 * len(tasks)), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         c = cells[cells.task == task]
-        labels = sorted({(a, g) for a, g in zip(c.arch, c.group_hash)})
-        several = {a for a in c.arch if len(c[c.arch == a].group_hash.unique()) > 1}
-        names = [f"{a} [{g[:6]}]" if a in several else a for a, g in labels]
+        # One group of bars per arch; a (arch, recipe) run with several configurations gets one group
+        # per configuration, labelled with its hash, so nothing is drawn as if pooled.
+        n_groups = c.groupby(["arch", "recipe"]).group_hash.transform("nunique")
+        xkey = [a if k == 1 else f"{a} [{g[:6]}]" for a, g, k in zip(c.arch, c.group_hash, n_groups)]
+        c = c.assign(x=xkey)
+        names = sorted(set(xkey))
         series = {}
-        for recipe in sorted(c.recipe.unique()):
-            rows = [c[(c.arch == a) & (c.group_hash == g) & (c.recipe == recipe)] for a, g in labels]
+        for recipe in recipe_order(c.recipe):
+            rows = [c[(c.x == x) & (c.recipe == recipe)] for x in names]
             series[recipe] = ([r["mean"].iloc[0] if len(r) else None for r in rows],
                               [r.ci_lo.iloc[0] if len(r) else None for r in rows],
                               [r.ci_hi.iloc[0] if len(r) else None for r in rows])
@@ -78,7 +87,7 @@ def accuracy_bars(cells: pd.DataFrame, out: Path) -> Path:
 def gap_bars(gaps: dict[str, dict[str, dict | None]], out: Path) -> Path:
     """gaps: task -> recipe -> stats.gap result (None when < 2 archs). Bars per task and recipe."""
     tasks = sorted(gaps)
-    recipes = sorted({r for t in tasks for r in gaps[t]})
+    recipes = recipe_order(r for t in tasks for r in gaps[t])
     series = {}
     for recipe in recipes:
         found = [gaps[t].get(recipe) for t in tasks]
