@@ -1,5 +1,6 @@
 """Assemble a report from a folder of runs: report.md, report.html (figures embedded), results.csv
-(one row per run), cells.csv (one row per configuration) and the figures as PNG."""
+(one row per run), cells.csv (one row per configuration), curves.csv (the validation curves: mean,
+std and n over seeds per step) and the figures as PNG."""
 
 from __future__ import annotations
 
@@ -184,7 +185,7 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
     if warnings:
         blocks += [("h2", "Warnings"), ("list", warnings)]
 
-    figs = []
+    figs, curve_tables = [], []
     if not ok.empty:
         fig_dir = out
         tasks = sorted(by_task)
@@ -233,9 +234,10 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
                 label = {p: f"{a}/{r}" + (f" [{g[:6]}]" if (task, a, r) in several else "")
                          for p, a, r, g in zip(curve_runs.path, curve_runs.arch, curve_runs.recipe,
                                                curve_runs.group_hash)}
-                curve = curve.assign(label=curve.path.map(label))
+                summary = figures.curve_stats(curve.assign(label=curve.path.map(label)))
+                curve_tables.append(summary.assign(task=task))
                 name = f"curves_{figures.safe(task)}_{len(figs)}.png"
-                figs.append((task, figures.curves(task, curve, fig_dir / name),
+                figs.append((task, figures.curves(task, summary, fig_dir / name),
                              f"{task}: validation accuracy during fine-tuning"))
         figs.insert(0, (None, figures.accuracy_bars(table, fig_dir),
                         "Test accuracy per task, architecture and recipe (error bars: 95% bootstrap CI)"))
@@ -269,6 +271,10 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
                    ("p", "Same configuration and seed (config_hash) as a run already counted; counted once:"),
                    ("list", sorted(repeated.path))]
 
+    if curve_tables:  # the numbers behind the curve figures
+        pd.concat(curve_tables)[["task", "label", "step", "mean", "std", "n"]].to_csv(out / "curves.csv.tmp",
+                                                                                      index=False)
+        os.replace(out / "curves.csv.tmp", out / "curves.csv")
     runs.to_csv(out / "results.csv.tmp", index=False)
     os.replace(out / "results.csv.tmp", out / "results.csv")
     table.to_csv(out / "cells.csv.tmp", index=False)

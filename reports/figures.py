@@ -102,17 +102,21 @@ def gap_bars(gaps: dict[str, dict[str, dict | None]], out: Path) -> Path:
     return save(fig, out / "gap.png")
 
 
-def curves(task: str, curves: pd.DataFrame, path: Path) -> Path:
-    """Validation accuracy vs fine-tuning step, one line per configuration (label column): the mean
+def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
+    """Rows (label, path, step, val_acc) -> per label and step: mean, sample std (NaN below 2 seeds), n."""
+    by = curves.groupby(["label", "step"], sort=True).val_acc
+    return pd.DataFrame({"mean": by.mean(), "std": by.std(ddof=1), "n": by.size()}).reset_index()
+
+
+def curves(task: str, stats: pd.DataFrame, path: Path) -> Path:
+    """Validation accuracy vs fine-tuning step from curve_stats, one line per configuration: the mean
     over seeds at each step, and a band of ± 1 std where >= 2 seeds reached that step."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, g in curves.groupby("label", sort=True):
-        by = g.groupby("step").val_acc
-        mean, std, n = by.mean(), by.std(ddof=1), by.size()
-        line, = ax.plot(mean.index, mean * 100, label=str(label), marker="." if len(mean) < 30 else None)
-        band = n >= 2
-        if band.any():
-            ax.fill_between(mean.index[band], ((mean - std) * 100)[band], ((mean + std) * 100)[band],
+    for label, g in stats.groupby("label", sort=True):
+        line, = ax.plot(g.step, g["mean"] * 100, label=str(label), marker="." if len(g) < 30 else None)
+        band = g[g.n >= 2]
+        if len(band):
+            ax.fill_between(band.step, (band["mean"] - band["std"]) * 100, (band["mean"] + band["std"]) * 100,
                             color=line.get_color(), alpha=0.2)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("validation accuracy (%)")

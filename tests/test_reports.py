@@ -9,6 +9,7 @@ import math
 import zlib
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats as sps
 
@@ -121,6 +122,14 @@ def test_cell_rows_mean_std_ci_and_budget(grid):
     page = (out / "report.html").read_text()
     assert page.count('src="data:image/png;base64,') == 4 and 'src="http' not in page
     assert all(f"]({p})" in md for p in pngs)
+    # The numbers behind the curves: fine-tuning rows only (the pretraining row at step 5 is not one).
+    curves = pd.read_csv(out / "curves.csv").set_index(["task", "label", "step"])
+    assert len(curves) == len(accs) * 2
+    for (task, arch, recipe), a in accs.items():
+        for step in (1, 2):
+            vals = (np.array(a) - 0.01) * step / 2  # what write() logged for each seed
+            row = curves.loc[(task, f"{arch}/{recipe}", step)]
+            assert row.n == 3 and np.isclose(row["mean"], vals.mean()) and np.isclose(row["std"], vals.std(ddof=1))
 
 
 def gap_expectation(cells: dict, archs):
