@@ -166,6 +166,11 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
     if counts:
         summary += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
     blocks += [("h2", "Runs"), ("p", summary + ".")]
+    few = table[table.n.between(2, 4)] if not table.empty else table
+    if len(few):
+        blocks.append(("p", f"{len(few)} of {len(table)} configurations have 2–4 seeds: a bootstrap over so few seeds "
+                       "can only recombine the values seen, so its intervals are too narrow; read them as a lower "
+                       "bound on the uncertainty and add seeds where a conclusion depends on them."))
 
     warnings = []
     for task, arch, recipe, groups in ambiguous:
@@ -174,13 +179,18 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
         warnings.append(f"{task} / {arch} / {recipe} has {len(groups)} configurations "
                         f"({', '.join(g[:8] for g in groups)}), reported apart and left out of gaps and gains: "
                         f"{config_difference(paths)}")
+    for (task, arch, recipe, group), g in ok.groupby(["task", "arch", "recipe", "group_hash"], sort=True):
+        versions = sorted(g.code_version.map(show).unique())
+        if len(versions) > 1:
+            warnings.append(f"{task} / {arch} / {recipe} [{group[:8]}] pools runs of several code versions "
+                            f"({', '.join(versions)}): same configuration, but the code changed in between")
     for (task, arch), g in ok.groupby(["task", "arch"], sort=True):
-        impls = ", ".join(f"{k}: {v} run(s)" for k, v in g.impl.fillna("?").value_counts().sort_index().items())
-        if g.impl.fillna("?").nunique() > 1:
+        impls = ", ".join(f"{k}: {v} run(s)" for k, v in g.impl.map(show).value_counts().sort_index().items())
+        if g.impl.map(show).nunique() > 1:
             warnings.append(f"{task} / {arch} mixes implementations ({impls}): its numbers and timings combine "
                             "different kernels")
-        devices = ", ".join(f"{k}: {v} run(s)" for k, v in g.device.fillna("?").value_counts().sort_index().items())
-        if g.device.fillna("?").nunique() > 1:
+        devices = ", ".join(f"{k}: {v} run(s)" for k, v in g.device.map(show).value_counts().sort_index().items())
+        if g.device.map(show).nunique() > 1:
             warnings.append(f"{task} / {arch} ran on several devices ({devices}): compute times are not comparable")
     if warnings:
         blocks += [("h2", "Warnings"), ("list", warnings)]
@@ -227,7 +237,8 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
             if gains:
                 blocks += [("h3", f"{TREAT} gain per architecture"),
                            ("p", f"gain = mean({TREAT}) − mean({BASE}); Welch's t-test over seeds (scipy, unequal "
-                            "variances), two-sided."), ("table", gains)]
+                            "variances), two-sided, one test per architecture with no correction for testing several."),
+                           ("table", gains)]
             curve_runs = ok[ok.task == task]
             curve = load_curves(curve_runs.path)
             if not curve.empty:

@@ -114,6 +114,7 @@ def test_cell_rows_mean_std_ci_and_budget(grid):
              (a - 0.01).mean(), str(1000 + ARCHS.index(arch)), "80" if recipe == "spt" else "0", "50",
              f"{compute:.1f}", "cpu", "torch")
     assert "36 runs: 36 counted, 0 repeating a configuration already counted, 0 not ok" in md
+    assert "12 of 12 configurations have 2–4 seeds" in md and "Warnings" not in md
     csv = (out / "results.csv").read_text().splitlines()
     assert len(csv) == 1 + 36 and all(line.endswith(",True") for line in csv[1:])
     # Figures exist and the HTML embeds each of them, with nothing fetched from elsewhere.
@@ -273,7 +274,7 @@ def test_configurations_differing_beyond_the_seed_are_never_pooled(tmp_path):
 
 def test_mixed_implementations_and_devices_are_flagged(tmp_path):
     write(tmp_path, "m0", arch="mamba", seed=0, impl="cuda", device="cuda", metrics={"test_acc": 0.5})
-    write(tmp_path, "m1", arch="mamba", seed=1, impl="torch", metrics={"test_acc": 0.6})
+    write(tmp_path, "m1", arch="mamba", seed=1, impl="torch", metrics={"test_acc": 0.6}, code_version="abc")
     write(tmp_path, "m2", arch="mamba", seed=0, recipe="supervised", group_hash="s", impl="torch",
           metrics={"test_acc": 0.4})
     out = tmp_path / "out"
@@ -282,6 +283,7 @@ def test_mixed_implementations_and_devices_are_flagged(tmp_path):
     assert "listops / mamba mixes implementations (cuda: 1 run(s), torch: 2 run(s))" in md
     assert "listops / mamba ran on several devices (cpu: 2 run(s), cuda: 1 run(s))" in md
     assert "| cuda, torch |" in md  # the cell's impl column shows both
+    assert "listops / mamba / spt [g-defaul] pools runs of several code versions (?, abc)" in md
 
 
 def test_single_seed_and_undefined_gap_closed_are_said_not_nan(tmp_path):
