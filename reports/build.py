@@ -136,33 +136,26 @@ def gain_table(recipes: dict, compute: dict | None = None, test: bool = True) ->
     return Table(cols, rows)
 
 
-def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed: int = 0,
-          command: str | None = None) -> dict:
-    """Write the report for runs_dir into out_dir; return counts and the paths written."""
-    runs_dir, out = Path(runs_dir), Path(out_dir)
-    runs = load_runs(runs_dir)
-    if runs.empty:
-        raise NoRuns(f"no runs (result.json or run folders) under {runs_dir}; run `python run.py ...` first")
-    out.mkdir(parents=True, exist_ok=True)
-    ok, repeated = usable(runs)
-    cells = stats.make_cells(ok, n_boot, seed)
-    table = stats.cell_table(ok, cells)
-    by_task, ambiguous = stats.points(cells)
-    several = {(t, a, r) for t, a, r, _ in ambiguous}
-    runs = runs.assign(counted=runs.path.isin(ok.path))
-    bad = runs[runs.status != "ok"]
+ACCURACY_COLUMNS = ["arch", "recipe", "config", "n", "seeds", "mean", "std", "95% CI", "val mean", "params",
+                    "pretrain steps", "finetune steps", "wall time s", "device", "impl"]
+OUTPUTS = ("accuracy.png", "gap.png", "curves_*.png", "curves.csv")  # of an earlier report in the same folder
 
+
+def seconds(x) -> str:
+    return "–" if pd.isna(x) else f"{x:.1f}"
+
+
+def intro(runs: pd.DataFrame, ok, repeated, bad, table, n_boot: int, seed: int, where: str) -> list:
     blocks = [("h1", "sptbench report"),
-              ("p", f"Runs read from {runs_dir}" + (f" by `{command}`" if command else "") + ". Accuracies are test "
-               f"accuracy in %, gaps and gains in percentage points. Spread: sample std over seeds; 95% CI: "
-               f"percentile bootstrap over seeds ({n_boot} resamples, seed {seed}). A cell with one seed has no "
-               "spread and no CI. Budget: params = parameters of the fine-tuned model (encoder, backbone, head); "
-               "wall time = seconds of all stages, mean over seeds (a pretraining reused from the cache counts "
-               "what it cost when it ran); "
-               "config = the configuration hash without the seed (runs are only averaged within one).")]
-    counts = bad.status.value_counts().to_dict()
+              ("p", f"Runs read from {where}. Accuracies are test accuracy in %, gaps and gains in percentage "
+               f"points. Spread: sample std over seeds; 95% CI: percentile bootstrap over seeds ({n_boot} resamples, "
+               f"seed {seed}). A cell with one seed has no spread and no CI. Budget: params = parameters of the "
+               "fine-tuned model (encoder, backbone, head); wall time = seconds of all stages, mean over seeds (a "
+               "pretraining reused from the cache counts what it cost when it ran); config = the configuration hash "
+               "without the seed (runs are only averaged within one).")]
     summary = (f"{len(runs)} runs: {len(ok)} counted, {len(repeated)} repeating a configuration already counted, "
                f"{len(bad)} not ok and excluded from means")
+    counts = bad.status.value_counts().to_dict()
     if counts:
         summary += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
     blocks += [("h2", "Runs"), ("p", summary + ".")]
@@ -171,7 +164,11 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
         blocks.append(("p", f"{len(few)} of {len(table)} configurations have 2–4 seeds: a bootstrap over so few seeds "
                        "can only recombine the values seen, so its intervals are too narrow; read them as a lower "
                        "bound on the uncertainty and add seeds where a conclusion depends on them."))
+    return blocks
 
+
+def warnings_for(ok: pd.DataFrame, ambiguous: list) -> list[str]:
+    """What could mislead a reader: unpooled configurations, pooled code versions, mixed kernels/devices."""
     warnings = []
     for task, arch, recipe, groups in ambiguous:
         paths = [ok[(ok.task == task) & (ok.arch == arch) & (ok.recipe == recipe) & (ok.group_hash == g)].path.iloc[0]
@@ -192,12 +189,101 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
         devices = ", ".join(f"{k}: {v} run(s)" for k, v in g.device.map(show).value_counts().sort_index().items())
         if g.device.map(show).nunique() > 1:
             warnings.append(f"{task} / {arch} ran on several devices ({devices}): compute times are not comparable")
+    return warnings
+
+
+def task_blocks(task: str, t_cells: pd.DataFrame, recipes: dict, several: set) -> tuple[list, dict]:
+    """Accuracy table, gaps and SPT gains of one task. -> (blocks, {recipe: gap result})."""
+    rows = []
+    for r in t_cells.sort_values(["arch", "recipe", "group_hash"]).itertuples():
+        spread = r.n > 1  # pandas stores a missing std/CI as NaN: decide by n, not by the value
+        rows.append([r.arch, r.recipe, r.group_hash[:8], r.n, ", ".join(map(str, r.seeds)), pct(r.mean),
+                     pct(r.std) if spread else "n/a (1 seed)", interval((r.ci_lo, r.ci_hi) if spread else None),
+                     "–" if pd.isna(r.val_acc_mean) else pct(r.val_acc_mean), r.params, r.pretrain_steps,
+                     r.finetune_steps, seconds(r.compute_s), r.device, r.impl])
+    blocks = [("h2", f"Task: {task}"), ("h3", "Accuracy: arch × recipe"), ("table", Table(ACCURACY_COLUMNS, rows)),
+              ("h3", "Gap between architectures")]
+    apart = sorted(f"{a}/{r}" for t, a, r in several if t == task)
+    note = f"Left out of the comparisons (several configurations, see Warnings): {', '.join(apart)}." if apart else None
+    gap_blocks, gaps = gap_section(recipes, note)
+    blocks += gap_blocks
+    compute = {(r.arch, r.recipe): seconds(r.compute_s) for r in t_cells.itertuples()
+               if (task, r.arch, r.recipe) not in several}
+    gains = gain_table(recipes, compute)
+    if gains:
+        blocks += [("h3", f"{TREAT} gain per architecture"),
+                   ("p", f"gain = mean({TREAT}) − mean({BASE}); Welch's t-test over seeds (scipy, unequal variances), "
+                    "two-sided, one test per architecture with no correction for testing several."),
+                   ("table", gains)]
+    return blocks, gaps
+
+
+def average_blocks(average: dict, left_out: list) -> list:
+    blocks = [("h2", "Average over tasks"),
+              ("p", "Unweighted mean over tasks of each architecture × recipe mean, for those present in every task"
+               + (f" (left out: {'; '.join(left_out)})" if left_out else "") + ". CIs average the per-task "
+               "resamples; no t-test, since seeds are not paired across tasks."),
+              ("table", Table(["arch", "recipe", "mean", "95% CI", "fewest seeds"],
+                              [[a, r, pct(p.mean), interval(stats.ci(p.boot, p.n)), p.n]
+                               for a, r, p in sorted((a, r, p) for r in average for a, p in average[r].items())]))]
+    blocks += gap_section(average, None)[0]
+    gains = gain_table(average, test=False)
+    if gains:
+        blocks += [("p", f"Average {TREAT} gain:"), ("table", gains)]
+    return blocks
+
+
+def curve_summary(task: str, runs: pd.DataFrame, several: set) -> pd.DataFrame | None:
+    """Validation curves of one task's counted runs, summarised over seeds (figures.curve_stats)."""
+    curve = load_curves(runs.path)
+    if curve.empty:
+        return None
+    label = {p: f"{a}/{r}" + (f" [{g[:6]}]" if (task, a, r) in several else "")
+             for p, a, r, g in zip(runs.path, runs.arch, runs.recipe, runs.group_hash)}
+    return figures.curve_stats(curve.assign(label=curve.path.map(label))).assign(task=task)
+
+
+def not_counted(bad: pd.DataFrame, runs_dir: Path) -> list:
+    def where(p: str) -> str:
+        return str(Path(p).relative_to(runs_dir)) if Path(p).is_relative_to(runs_dir) else p
+
+    return [("h2", "Runs not counted"),
+            ("table", Table(["path", "task", "arch", "recipe", "seed", "status", "reason"],
+                            [[where(r.path), *map(show, (r.task, r.arch, r.recipe, r.seed, r.status, r.reason))]
+                             for r in bad.astype(object).itertuples()]))]
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_text(path, df.to_csv(index=False))
+
+
+def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed: int = 0,
+          command: str | None = None) -> dict:
+    """Write the report for runs_dir into out_dir; return counts and the paths written."""
+    runs_dir, out = Path(runs_dir), Path(out_dir)
+    runs = load_runs(runs_dir)
+    if runs.empty:
+        raise NoRuns(f"no runs (result.json or run folders) under {runs_dir}; run `python run.py ...` first")
+    out.mkdir(parents=True, exist_ok=True)
+    for pattern in OUTPUTS:  # a figure of a task no longer in the folder must not linger beside the report
+        for old in out.glob(pattern):
+            old.unlink()
+    ok, repeated = usable(runs)
+    cells = stats.make_cells(ok, n_boot, seed)
+    table = stats.cell_table(ok, cells)
+    by_task, ambiguous = stats.points(cells)
+    several = {(t, a, r) for t, a, r, _ in ambiguous}
+    runs = runs.assign(counted=runs.path.isin(ok.path))
+    bad = runs[runs.status != "ok"]
+
+    where = f"{runs_dir}" + (f" by `{command}`" if command else "")
+    blocks = intro(runs, ok, repeated, bad, table, n_boot, seed, where)
+    warnings = warnings_for(ok, ambiguous)
     if warnings:
         blocks += [("h2", "Warnings"), ("list", warnings)]
 
-    figs, curve_tables = [], []
+    figs, curves = [], []
     if not ok.empty:
-        fig_dir = out
         tasks = sorted(by_task)
         closed = [closed_row(t, by_task[t]) for t in tasks]
         average, left_out = stats.average_over_tasks(by_task) if len(tasks) > 1 else ({}, [])
@@ -209,88 +295,34 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
                     f"gap closed = 1 − gap({TREAT}) / gap({BASE}). 100% means {TREAT} made the architectures equal; "
                     "negative means it widened the gap."),
                    ("table", Table(CLOSED_COLUMNS, closed))]
-        gaps_by_task = {}
+        figs.append((figures.accuracy_bars(table, out),
+                     "Test accuracy per task, architecture and recipe (error bars: 95% bootstrap CI)"))
+        gaps = {}
         for task in tasks:
-            t_cells = table[table.task == task]
-            rows = []
-            for r in t_cells.sort_values(["arch", "recipe", "group_hash"]).itertuples():
-                spread = r.n > 1  # pandas stores a missing std/CI as NaN: decide by n, not by the value
-                rows.append([r.arch, r.recipe, r.group_hash[:8], r.n, ", ".join(map(str, r.seeds)), pct(r.mean),
-                             pct(r.std) if spread else "n/a (1 seed)", interval((r.ci_lo, r.ci_hi) if spread else None),
-                             "–" if pd.isna(r.val_acc_mean) else pct(r.val_acc_mean), r.params, r.pretrain_steps,
-                             r.finetune_steps, "–" if pd.isna(r.compute_s) else f"{r.compute_s:.1f}", r.device,
-                             r.impl])
-            blocks += [("h2", f"Task: {task}"), ("h3", "Accuracy: arch × recipe"),
-                       ("table", Table(["arch", "recipe", "config", "n", "seeds", "mean", "std", "95% CI", "val mean",
-                                        "params", "pretrain steps", "finetune steps", "wall time s", "device", "impl"],
-                                       rows))]
-            note = None
-            if any(k[0] == task for k in several):
-                note = ("Left out of the comparisons below (several configurations, see Warnings): "
-                        + ", ".join(f"{a}/{r}" for t, a, r in sorted(several) if t == task) + ".")
-            blocks.append(("h3", "Gap between architectures"))
-            gap_blocks, gaps_by_task[task] = gap_section(by_task.get(task, {}), note)
-            blocks += gap_blocks
-            compute = {(r.arch, r.recipe): "–" if pd.isna(r.compute_s) else f"{r.compute_s:.1f}"
-                       for r in t_cells.itertuples() if (task, r.arch, r.recipe) not in several}
-            gains = gain_table(by_task.get(task, {}), compute)
-            if gains:
-                blocks += [("h3", f"{TREAT} gain per architecture"),
-                           ("p", f"gain = mean({TREAT}) − mean({BASE}); Welch's t-test over seeds (scipy, unequal "
-                            "variances), two-sided, one test per architecture with no correction for testing several."),
-                           ("table", gains)]
-            curve_runs = ok[ok.task == task]
-            curve = load_curves(curve_runs.path)
-            if not curve.empty:
-                label = {p: f"{a}/{r}" + (f" [{g[:6]}]" if (task, a, r) in several else "")
-                         for p, a, r, g in zip(curve_runs.path, curve_runs.arch, curve_runs.recipe,
-                                               curve_runs.group_hash)}
-                summary = figures.curve_stats(curve.assign(label=curve.path.map(label)))
-                curve_tables.append(summary.assign(task=task))
-                name = f"curves_{figures.safe(task)}_{len(figs)}.png"
-                figs.append((task, figures.curves(task, summary, fig_dir / name),
-                             f"{task}: validation accuracy during fine-tuning"))
-        figs.insert(0, (None, figures.accuracy_bars(table, fig_dir),
-                        "Test accuracy per task, architecture and recipe (error bars: 95% bootstrap CI)"))
-        if any(g for t in gaps_by_task.values() for g in t.values()):
-            figs.insert(1, (None, figures.gap_bars(gaps_by_task, fig_dir),
+            task_b, gaps[task] = task_blocks(task, table[table.task == task], by_task[task], several)
+            blocks += task_b
+            summary = curve_summary(task, ok[ok.task == task], several)
+            if summary is not None:
+                curves.append(summary)
+                path = out / f"curves_{figures.safe(task)}_{len(curves) - 1}.png"
+                figs.append((figures.curves(task, summary, path), f"{task}: validation accuracy during fine-tuning"))
+        if any(g for t in gaps.values() for g in t.values()):
+            figs.insert(1, (figures.gap_bars(gaps, out),
                             "Gap between the best and worst architecture under each recipe (error bars: 95% CI)"))
         if average:
-            blocks += [("h2", "Average over tasks"),
-                       ("p", "Unweighted mean over tasks of each architecture × recipe mean, for those present in "
-                        "every task" + (f" (left out: {'; '.join(left_out)})" if left_out else "") + ". CIs average "
-                        "the per-task resamples; no t-test, since seeds are not paired across tasks."),
-                       ("table", Table(["arch", "recipe", "mean", "95% CI", "fewest seeds"],
-                                       [[a, r, pct(p.mean), interval(stats.ci(p.boot, p.n)), p.n]
-                                        for a, r, p in sorted((a, r, p) for r in average
-                                                              for a, p in average[r].items())]))]
-            gap_blocks, _ = gap_section(average, None)
-            blocks += gap_blocks
-            gains = gain_table(average, test=False)
-            if gains:
-                blocks += [("p", f"Average {TREAT} gain:"), ("table", gains)]
-        blocks += [("h2", "Figures"), *(("img", (str(p), cap)) for _, p, cap in figs)]
-
+            blocks += average_blocks(average, left_out)
+        blocks += [("h2", "Figures"), *(("img", (str(p), caption)) for p, caption in figs)]
     if not bad.empty:
-        blocks += [("h2", "Runs not counted"),
-                   ("table", Table(["path", "task", "arch", "recipe", "seed", "status", "reason"],
-                                   [[str(Path(r.path).relative_to(runs_dir)) if Path(r.path).is_relative_to(runs_dir)
-                                     else r.path, *map(show, (r.task, r.arch, r.recipe, r.seed, r.status, r.reason))]
-                                    for r in bad.astype(object).itertuples()]))]
+        blocks += not_counted(bad, runs_dir)
     if not repeated.empty:
         blocks += [("h2", "Repeated configurations"),
                    ("p", "Same configuration and seed (config_hash) as a run already counted; counted once:"),
                    ("list", sorted(repeated.path))]
 
-    if curve_tables:  # the numbers behind the curve figures
-        pd.concat(curve_tables)[["task", "label", "step", "mean", "std", "n"]].to_csv(out / "curves.csv.tmp",
-                                                                                      index=False)
-        os.replace(out / "curves.csv.tmp", out / "curves.csv")
-    runs.to_csv(out / "results.csv.tmp", index=False)
-    os.replace(out / "results.csv.tmp", out / "results.csv")
-    table.to_csv(out / "cells.csv.tmp", index=False)
-    os.replace(out / "cells.csv.tmp", out / "cells.csv")
+    if curves:  # the numbers behind the curve figures
+        write_csv(pd.concat(curves)[["task", "label", "step", "mean", "std", "n"]], out / "curves.csv")
+    write_csv(runs, out / "results.csv")
+    write_csv(table, out / "cells.csv")
     atomic_text(out / "report.md", to_markdown(blocks))
     atomic_text(out / "report.html", to_html(blocks, f"sptbench report: {runs_dir}"))
-    return {"runs": len(runs), "counted": len(ok), "not_ok": len(bad), "out": out,
-            "figures": [p for _, p, _ in figs]}
+    return {"runs": len(runs), "counted": len(ok), "not_ok": len(bad), "out": out, "figures": [p for p, _ in figs]}

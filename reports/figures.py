@@ -62,8 +62,12 @@ def grouped_bars(ax, groups: list[str], series: dict[str, tuple[list, list, list
 def accuracy_bars(cells: pd.DataFrame, out: Path) -> Path:
     """One panel per task: test accuracy per arch (groups) and recipe (bars), 95% CI error bars."""
     tasks = sorted(cells.task.unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(5, 4.5 * len(tasks)), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    cols = min(len(tasks), 3)
+    rows = -(-len(tasks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(5, 4.5 * cols), 4 * rows), squeeze=False)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, tasks):
         c = cells[cells.task == task]
         # One group of bars per arch; a (arch, recipe) run with several configurations gets one group
         # per configuration, labelled with its hash, so nothing is drawn as if pooled.
