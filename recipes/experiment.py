@@ -143,6 +143,9 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1):
             raise ConfigError(f"{stage}.mask_ratio={ratio!r} must be a number in (0, 1), or null for the "
                               "task's default")
+        pixel_loss = hp.get("pixel_loss")
+        if pixel_loss is not None and pixel_loss not in ("ce", "l1"):
+            raise ConfigError(f"{stage}.pixel_loss={pixel_loss!r} must be ce, l1, or null for the task's default")
         betas = list(hp.betas) if OmegaConf.is_list(hp.betas) else None
         if not betas or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError(f"{stage}.betas={hp.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.98]")

@@ -4,7 +4,10 @@
 
 `Body` = encoder + backbone: the part self-pretraining trains and fine-tuning inherits.
 `Classifier` = Body + mask-aware pooling + linear layer, (B, L) -> (B, C).
-`TokenPredictor` = Body + linear layer over the vocabulary, (B, L) -> (B, L, V), used by SPT.
+`DualClassifier` = the two-tower head of Retrieval: the *same* Body encodes both documents,
+    (B, 2, L) -> u, v (B, D) -> MLP on [u, v, u*v, u-v] -> (B, C).
+`TokenPredictor` = Body + linear layer per position, (B, L) -> (B, L, V), used by SPT: V is the
+    vocabulary, the pixel levels (CE), or 1 (L1 regression on pixel values).
 """
 
 from __future__ import annotations
@@ -56,6 +59,31 @@ class Classifier(nn.Module):
         """ids (B, L), mask (B, L) -> logits (B, C)."""
         h, mask = self.body(ids, mask, self.cls)
         return self.head(pool(h, mask, self.pooling))
+
+
+class DualClassifier(nn.Module):
+    """Two documents through one shared Body (one batch of 2B), pooled to u and v, then an MLP on
+    [u, v, u*v, u-v] — the LRA matching head, so the documents only meet after encoding."""
+
+    def __init__(self, body: Body, d_model: int, n_classes: int, pooling: str):
+        super().__init__()
+        self.body, self.pooling = body, pooling
+        self.cls = nn.Parameter(torch.randn(d_model) * 0.02) if pooling == "cls" else None
+        self.head = nn.Sequential(nn.Linear(4 * d_model, d_model), nn.GELU(), nn.Linear(d_model, n_classes))
+
+    def forward(self, ids: Tensor, mask: Tensor) -> Tensor:
+        """ids (B, 2, L), mask (B, 2, L) -> logits (B, C)."""
+        b = ids.shape[0]
+        flat_ids, flat_mask = ids.transpose(0, 1).reshape(2 * b, -1), mask.transpose(0, 1).reshape(2 * b, -1)
+        h, flat_mask = self.body(flat_ids, flat_mask, self.cls)
+        u, v = pool(h, flat_mask, self.pooling).split(b)  # (B, D) each: first and second documents
+        return self.head(torch.cat([u, v, u * v, u - v], dim=-1))
+
+
+def build_classifier(body: Body, d_model: int, spec, pooling: str) -> nn.Module:
+    """The task's classifier on `body`: two-tower for dual-input tasks, else pooled linear."""
+    cls = DualClassifier if spec.dual else Classifier
+    return cls(body, d_model, spec.n_classes, pooling)
 
 
 class TokenPredictor(nn.Module):

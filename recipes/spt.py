@@ -2,7 +2,10 @@
 
 Stage 1 trains Body + a token-prediction head: masked-token prediction (MLM) for bidirectional
 backbones, next-token prediction (NTP) for causal ones, on the *train split inputs only* (labels
-are never read); validation inputs choose the best checkpoint by masked-token loss.
+are never read); validation inputs choose the best checkpoint by masked-token loss. On pixel
+tasks the head predicts the hidden pixel: cross-entropy over the levels or L1 on the value
+(`pretrain.pixel_loss`, default the task's). On dual-input tasks (Retrieval) it pretrains on
+every document on its own.
 Stage 2 (`supervised.finetune`) trains every weight of that Body under a fresh classifier head.
 
 The pretrained Body is cached in `<cache_dir>/pretrain/<key>/`, where key hashes everything it
@@ -24,7 +27,7 @@ from omegaconf import OmegaConf
 from recipes import checkpoint
 from recipes.errors import ConfigError
 from recipes.model import TokenPredictor, build_body, pooling_for
-from recipes.objectives import mask_tokens, next_token_targets, token_loss
+from recipes.objectives import mask_tokens, next_token_targets, pixel_l1_loss, token_loss
 from recipes.supervised import finetune
 from recipes.train import Stage, fit
 
@@ -48,17 +51,32 @@ def objective_for(requested: str, causal: bool) -> str:
     return requested
 
 
-def losses(objective: str, ratio: float, mask_id: int):
+def pixel_loss_for(requested, spec) -> str | None:
+    """-> "ce" | "l1" for pixel tasks (null = the task's default), None for token tasks."""
+    if spec.kind != "pixels":
+        if requested is not None:
+            raise ConfigError(f"pretrain.pixel_loss={requested!r} applies to pixel tasks only; task "
+                              f"'{spec.name}' has {spec.kind} inputs: leave it null")
+        return None
+    return spec.spt_pixel_loss if requested is None else requested
+
+
+def losses(objective: str, ratio: float, mask_id: int, pixel_loss: str | None = None, levels: int = 0):
     """-> (train loss_fn, validation loss_fn). Validation masks are fixed by the batch's content, so
     every evaluation scores the same masked positions."""
+    def score(logits, targets):
+        if pixel_loss == "l1":
+            return pixel_l1_loss(logits, targets, levels)
+        return token_loss(logits, targets)
+
     if objective == "ntp":
         def ntp(model, ids, mask, labels):
-            return token_loss(model(ids, mask), next_token_targets(ids, mask))
+            return score(model(ids, mask), next_token_targets(ids, mask))
         return ntp, ntp
 
     def mlm(model, ids, mask, labels, generator=None):
         inputs, targets = mask_tokens(ids, mask, ratio, mask_id, generator)
-        return token_loss(model(inputs, mask), targets)
+        return score(model(inputs, mask), targets)
 
     def mlm_fixed(model, ids, mask, labels):
         seed = int(ids.sum().item()) * 1_000_003 + ids.numel()
@@ -78,19 +96,23 @@ def run(ctx) -> dict:
     body = build_body(cfg, task)
     causal = bool(getattr(body.backbone, "causal", False))
     objective = objective_for(hp.objective, causal)
+    pixel_loss = pixel_loss_for(hp.get("pixel_loss"), spec)
     pooling_for(cfg.model, causal)  # a bad pooling must fail now, not after hours of pretraining
+    # Output width of the prediction head: the vocabulary, the grey levels, or one value.
+    n_out = {None: spec.vocab_size, "ce": spec.pixel_levels, "l1": 1}[pixel_loss]
 
     # The data itself (its digest covers source files and generator parameters), not the task
     # config; and no setting that cannot change the pretrained weights (checkpoint cadence).
     settings = {k: v for k, v in OmegaConf.to_container(hp, resolve=True).items() if k != "ckpt_every"}
     depends_on = {"format": checkpoint.FORMAT, "data": task.data_key(), "vocab_size": spec.vocab_size,
                   "arch": OmegaConf.to_container(cfg.arch, resolve=True),
-                  "pretrain": {**settings, "objective": objective, "mask_ratio": ratio, "seed": seed}}
+                  "pretrain": {**settings, "objective": objective, "mask_ratio": ratio, "seed": seed,
+                               "pixel_loss": pixel_loss}}
     key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:16]
     out = ctx.cache_dir / "pretrain" / key
     out.mkdir(parents=True, exist_ok=True)
-    train_loss, val_loss = losses(objective, ratio, spec.mask_id)
-    stage = Stage("pretrain", TokenPredictor(body, cfg.arch.d_model, spec.vocab_size), train_loss, val_loss, "loss")
+    train_loss, val_loss = losses(objective, ratio, spec.mask_id, pixel_loss, spec.pixel_levels)
+    stage = Stage("pretrain", TokenPredictor(body, cfg.arch.d_model, n_out), train_loss, val_loss, "loss")
     # One process pretrains; a concurrent run with the same key waits, then reuses the result.
     with FileLock(str(out) + ".lock"):
         # Whether this run found the pretraining already done, fixed at its first attempt, so that a
@@ -106,8 +128,10 @@ def run(ctx) -> dict:
         else:
             checkpoint.write_json(out / "depends_on.json", depends_on)
             log.info("pretrain: training %s objective into %s (key %s)", objective, out, key)
-        summary = fit(stage, ctx.splits["train"], ctx.splits["val"], hp, out, seed=seed, identity={"pretrain": key},
-                      pad_id=spec.pad_id, device=ctx.device, log_path=out / "metrics.jsonl", progress=ctx.progress)
+        # documents(): the examples themselves, or each document of a dual-input task on its own.
+        summary = fit(stage, ctx.splits["train"].documents(), ctx.splits["val"].documents(), hp, out, seed=seed,
+                      identity={"pretrain": key}, pad_id=spec.pad_id, device=ctx.device,
+                      log_path=out / "metrics.jsonl", progress=ctx.progress)
 
     result = finetune(ctx, body, prefix_rows=summary["history"])
     history = summary["history"]
@@ -119,5 +143,5 @@ def run(ctx) -> dict:
     result["steps"]["pretrain"] = summary["steps"]
     result["wall_time_s"]["pretrain"] = summary["wall_time_s"]
     result["pretrain"] = {"key": key, "dir": str(out), "reused": reused, "objective": objective, "mask_ratio": ratio,
-                          "seed": seed}
+                          "seed": seed, "pixel_loss": pixel_loss}
     return result

@@ -6,14 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from recipes.model import Body, Classifier, build_body, n_params, pooling_for
+from recipes.model import Body, build_body, build_classifier, n_params, pooling_for
 from recipes.train import Stage, evaluate, fit
 
 STAGES = ("finetune",)  # config sections this recipe runs; the others stay out of its hash
 
 
 def classify_loss(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor):
-    """-> (cross-entropy, n correct, n examples) of model(ids, mask) (B, C) against labels (B,)."""
+    """-> (cross-entropy, n correct, n examples) of model(ids, mask) (B, C) against labels (B,).
+    ids and mask are (B, L), or (B, 2, L) for dual-input tasks."""
     logits = model(ids, mask)
     loss = F.cross_entropy(logits.float(), labels)
     return loss, (logits.argmax(-1) == labels).sum(), torch.tensor(labels.numel())
@@ -24,7 +25,7 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
     cfg, spec = ctx.cfg, ctx.task.spec
     pooling = pooling_for(cfg.model, bool(getattr(body.backbone, "causal", False)))
     torch.manual_seed(ctx.seed)  # the head's init must not depend on whether pretraining was cached
-    model = Classifier(body, cfg.arch.d_model, spec.n_classes, pooling)
+    model = build_classifier(body, cfg.arch.d_model, spec, pooling)
     hp = cfg.finetune
     summary = fit(Stage("finetune", model, classify_loss, classify_loss, "acc"), ctx.splits["train"],
                   ctx.splits["val"], hp, ctx.run_dir / "checkpoints", seed=ctx.seed, identity=ctx.identity,

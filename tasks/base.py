@@ -1,9 +1,17 @@
 """The task contract: a spec, an input encoder, and train/val/test splits.
 
 Glossary: N examples, B batch, L padded length of a batch, D d_model.
-A task turns raw inputs into integer token ids; its encoder turns ids into (B, L, D) vectors, so
+A task turns raw inputs into integer ids; its encoder turns ids into (B, L, D) vectors, so
 backbones never see raw inputs. Splits are stored flat (one token array + offsets) because LRA
 splits hold ~100M tokens and a Python list per example would cost gigabytes.
+
+Two input kinds:
+- `tokens`: ids in [0, vocab_size), the task's own vocabulary (ListOps symbols, bytes);
+- `pixels`: grey levels in [0, pixel_levels) stored as uint8, plus two ids past the levels for
+  padding and masking (pad_id = levels, mask_id = levels + 1). The PixelEncoder reads a level as a
+  continuous value plus a "masked" channel, so SPT can hide pixels without a fake grey level.
+Byte-level text uses the same trick: bytes 0-255 stored as uint8, pad 256, mask 257.
+Dual-input tasks (Retrieval) keep both documents of every example in one DualSplit.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+KINDS = ("tokens", "pixels")
+PIXEL_LOSSES = ("ce", "l1")
+BYTE_PAD, BYTE_MASK = 256, 257  # ids past the 256 byte values (and past 256 grey levels)
 
 
 class DataError(ValueError):
@@ -34,9 +45,10 @@ class DataError(ValueError):
 class TaskSpec:
     """What the model builder and the recipes need to know about a task.
 
-    `kind`: "tokens" (ids in [0, vocab_size)) — pixel tasks come later.
-    `dual`: two documents per example (Retrieval).
+    `kind`: "tokens" (ids in [0, vocab_size)) or "pixels" (levels in [0, pixel_levels), then pad, mask).
+    `dual`: two documents per example (Retrieval); `max_len` is then the length of one document.
     `spt_mask_ratio`: the paper's masked-token ratio for this task, the SPT default.
+    `spt_pixel_loss`: pixels only, the SPT default loss: "ce" over the levels or "l1" on values.
     """
 
     name: str
@@ -48,6 +60,17 @@ class TaskSpec:
     mask_id: int
     dual: bool = False
     spt_mask_ratio: float = 0.15
+    pixel_levels: int = 0
+    spt_pixel_loss: str | None = None
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"task kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind == "pixels":
+            if self.pixel_levels < 2 or (self.pad_id, self.mask_id) != (self.pixel_levels, self.pixel_levels + 1):
+                raise ValueError("a pixel task has pixel_levels >= 2, pad_id = levels and mask_id = levels + 1")
+            if self.spt_pixel_loss not in PIXEL_LOSSES:
+                raise ValueError(f"task.pixel_loss={self.spt_pixel_loss!r} is not one of {', '.join(PIXEL_LOSSES)}")
 
 
 @dataclass
@@ -63,6 +86,10 @@ class TokenSplit:
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    def documents(self) -> TokenSplit:
+        """The inputs SPT pretrains on: here the examples themselves."""
+        return self
 
     def batch(self, index: np.ndarray | list[int], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
         """-> ids (B, L) long right-padded with pad_id, mask (B, L) bool True = real, labels (B,).
@@ -80,6 +107,34 @@ class TokenSplit:
         return ids_t, mask, torch.from_numpy(self.labels[index].astype(np.int64))
 
 
+@dataclass
+class DualSplit:
+    """N examples of two documents each (Retrieval), stored as one TokenSplit of 2N documents:
+    document i and N + i are the two sides of example i."""
+
+    docs: TokenSplit
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def lengths(self) -> np.ndarray:
+        n, lengths = len(self), self.docs.lengths()
+        return np.maximum(lengths[:n], lengths[n:])
+
+    def documents(self) -> TokenSplit:
+        """All 2N documents as separate examples: what SPT pretrains on."""
+        return self.docs
+
+    def batch(self, index, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+        """-> ids (B, 2, L), mask (B, 2, L), labels (B,); L the longest of the 2B documents."""
+        index = np.asarray(index)
+        ids, mask, _ = self.docs.batch(np.concatenate([index, index + len(self)]), pad_id)
+        b = len(index)
+        ids, mask = ids.view(2, b, -1).transpose(0, 1), mask.view(2, b, -1).transpose(0, 1)
+        return ids.contiguous(), mask.contiguous(), torch.from_numpy(self.labels[index].astype(np.int64))
+
+
 class TokenEncoder(nn.Module):
     """ids (B, L) -> (B, L, D). A plain embedding; the pad row is zero and never trained."""
 
@@ -89,6 +144,85 @@ class TokenEncoder(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         return self.embed(ids)
+
+
+class PixelEncoder(nn.Module):
+    """ids (B, L) of grey levels (or pad_id = levels, mask_id = levels + 1) -> (B, L, D).
+
+    "linear": each pixel is its value scaled to [0, 1] plus a mask channel (1 where SPT hid the
+    pixel, whose value then reads 0), projected by one linear layer — pixels stay ordered values,
+    as in the S4 / Amos et al. pipelines. "embed": one learned vector per level, pixel-as-token.
+    """
+
+    def __init__(self, levels: int, d_model: int, how: str = "linear"):
+        super().__init__()
+        if how not in ("linear", "embed"):
+            raise ValueError(f"task.encoder={how!r} is not one of linear, embed")
+        self.levels, self.how = levels, how
+        if how == "linear":
+            self.proj = nn.Linear(2, d_model)
+        else:
+            self.embed = nn.Embedding(levels + 2, d_model, padding_idx=levels)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        if self.how == "embed":
+            return self.embed(ids)
+        hidden = ids >= self.levels  # pad or mask: no value to show
+        value = ids.clamp(max=self.levels - 1).to(torch.float32) / (self.levels - 1)
+        feats = torch.stack([value.masked_fill(hidden, 0.0), (ids == self.levels + 1).to(torch.float32)], dim=-1)
+        return self.proj(feats.to(self.proj.weight.dtype))
+
+
+def byte_ids(text: bytes | str, max_len: int) -> np.ndarray:
+    """UTF-8 bytes of `text`, the first max_len, as uint8 ids (byte-level LRA Text/Retrieval)."""
+    data = text.encode("utf-8") if isinstance(text, str) else text
+    return np.frombuffer(data[:max_len], dtype=np.uint8)
+
+
+def ids_dataset(ids, labels, ids2=None):
+    """-> datasets.Dataset(input_ids[, input_ids2], label) in the layout to_token_split reads.
+
+    `ids`: a list of 1-D uint8 arrays, or one (N, L) uint8 array. Built through arrow directly
+    (large lists: Path-X splits exceed 2**31 pixels), never through per-token Python ints.
+    """
+    import datasets
+    import pyarrow as pa
+
+    def column(rows) -> pa.Array:
+        if isinstance(rows, np.ndarray) and rows.ndim == 2:
+            flat, offsets = rows.reshape(-1), np.arange(len(rows) + 1, dtype=np.int64) * rows.shape[1]
+        else:
+            lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            flat = np.concatenate(list(rows)) if len(rows) else np.zeros(0, np.uint8)
+        return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(np.asarray(flat, dtype=np.uint8)))
+
+    cols = {"input_ids": column(ids)}
+    if ids2 is not None:
+        cols["input_ids2"] = column(ids2)
+    cols["label"] = pa.array(np.asarray(labels, dtype=np.int64))
+    return datasets.Dataset(pa.table(cols))
+
+
+def file_identity(paths) -> list:
+    """What a prepared cache of these files depends on: path, size, modification time."""
+    return [(str(Path(p).resolve()), Path(p).stat().st_size, Path(p).stat().st_mtime_ns) for p in paths]
+
+
+def seeded_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
+    """Indices of a seeded random subset of size `limit` of range(n), in order; all when limit is None."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def check_sizes(**sizes) -> None:
+    """Each of task.<name> must be a positive integer, or None where None is allowed."""
+    for key, value in sizes.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"task.{key}={value!r} must be a positive integer")
 
 
 class Task:
@@ -113,6 +247,8 @@ class Task:
         return hashlib.sha256(json.dumps(self.data_key(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def encoder(self, d_model: int) -> nn.Module:
+        if self.spec.kind == "pixels":
+            return PixelEncoder(self.spec.pixel_levels, d_model, getattr(self, "encoder_kind", "linear"))
         return TokenEncoder(self.spec.vocab_size, d_model, self.spec.pad_id)
 
     def splits(self, cache_dir: str | os.PathLike) -> dict[str, TokenSplit]:
@@ -142,11 +278,22 @@ class Task:
         return {name: to_token_split(loaded[name]) for name in SPLITS}
 
 
-def to_token_split(ds) -> TokenSplit:
-    """datasets.Dataset(input_ids: list[int], label: int) -> TokenSplit, without Python lists."""
-    col = ds.data.column("input_ids").combine_chunks()
-    return TokenSplit(
-        tokens=col.values.to_numpy(zero_copy_only=False),
-        offsets=col.offsets.to_numpy().astype(np.int64),
-        labels=ds.data.column("label").to_numpy().astype(np.int64),
-    )
+def to_token_split(ds) -> TokenSplit | DualSplit:
+    """datasets.Dataset(input_ids: list[int], label: int) -> TokenSplit, without Python lists;
+    with a second column input_ids2 -> DualSplit."""
+    labels = ds.data.column("label").to_numpy().astype(np.int64)
+
+    def flat(name: str) -> tuple[np.ndarray, np.ndarray]:
+        col = ds.data.column(name).combine_chunks()
+        offsets = col.offsets.to_numpy().astype(np.int64)
+        # A sliced arrow array keeps its parent's buffers: cut the values to this slice.
+        return col.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]], offsets - offsets[0]
+
+    tokens, offsets = flat("input_ids")
+    if "input_ids2" not in ds.column_names:
+        return TokenSplit(tokens=tokens, offsets=offsets, labels=labels)
+    tokens2, offsets2 = flat("input_ids2")
+    docs = TokenSplit(tokens=np.concatenate([tokens, tokens2]),
+                      offsets=np.concatenate([offsets, offsets2[1:] + offsets[-1]]),
+                      labels=np.concatenate([labels, labels]))
+    return DualSplit(docs=docs, labels=labels)

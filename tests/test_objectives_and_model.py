@@ -104,3 +104,59 @@ def test_pretrained_body_fits_classifier_of_any_pooling():
         _, fresh = make_classifier(pooling)
         fresh.load_state_dict(weights)  # same shapes: the body always reserves the CLS slot
     assert isinstance(body, Body)
+
+
+def test_pixel_encoder_reads_values_and_a_mask_channel():
+    from tasks.base import PixelEncoder
+
+    enc = PixelEncoder(256, 8)
+    ids = torch.tensor([[0, 255, 257, 256]])  # black, white, masked, pad
+    weight, bias = enc.proj.weight, enc.proj.bias  # (D, 2), (D,): columns value and mask
+    out = enc(ids)
+    torch.testing.assert_close(out[0, 0], bias)
+    torch.testing.assert_close(out[0, 1], weight[:, 0] + bias)
+    torch.testing.assert_close(out[0, 2], weight[:, 1] + bias)  # a hidden value reads 0, the mask channel 1
+    embed = PixelEncoder(256, 8, "embed")
+    assert embed(ids).shape == (1, 4, 8) and torch.equal(embed(ids)[0, 3], torch.zeros(8))
+
+
+def test_pixel_l1_loss_on_masked_positions_only():
+    from recipes.objectives import pixel_l1_loss
+
+    targets = torch.tensor([[255, IGNORE, 0, 51]])
+    pred = torch.tensor([[[1.0], [9.0], [0.5], [0.2]]])
+    loss, correct, count = pixel_l1_loss(pred, targets, 256)
+    torch.testing.assert_close(loss, torch.tensor((0.0 + 0.5 + 0.0) / 3))  # 51/255 = 0.2 exactly
+    assert correct.item() == 2 and count.item() == 3
+
+
+def test_pixel_loss_applies_to_pixel_tasks_only():
+    from recipes.spt import pixel_loss_for
+    from tasks.pathfinder import Pathfinder
+
+    pixels, tokens = Pathfinder(n_train=2, n_val=2, n_test=2).spec, ListOps().spec
+    assert pixel_loss_for(None, pixels) == "ce" and pixel_loss_for("l1", pixels) == "l1"
+    assert pixel_loss_for(None, tokens) is None
+    with pytest.raises(ConfigError, match="pixel_loss='l1' applies to pixel tasks only"):
+        pixel_loss_for("l1", tokens)
+
+
+def test_two_tower_classifier_shares_one_body_and_ignores_padding():
+    from recipes.model import DualClassifier, build_body
+
+    task = ListOps(n_train=10, n_val=5, n_test=5, min_length=4, max_length=30, max_len=30)
+    cfg = OmegaConf.create({"arch": {"_target_": "archs.transformer.Transformer", "name": "transformer",
+                                     "d_model": 16, "n_layers": 1, "dropout": 0.0, "n_heads": 2}})
+    torch.manual_seed(0)
+    model = DualClassifier(build_body(cfg, task), 16, 2, "mean").eval()
+    ids, mask = batch(b=6, length=30)
+    pair_ids, pair_mask = torch.stack([ids[:3], ids[3:]], 1), torch.stack([mask[:3], mask[3:]], 1)  # (3, 2, 30)
+    logits = model(pair_ids, pair_mask)
+    assert logits.shape == (3, 2)
+    torch.testing.assert_close(model(pair_ids.masked_fill(~pair_mask, 7), pair_mask), logits)  # padding is inert
+    # Each document is encoded alone: u of pair 0 is the pooled body output of that document only.
+    h, m = model.body(ids[:1, : int(mask[0].sum())], mask[:1, : int(mask[0].sum())])
+    u = pool(h, m, "mean")
+    h2, m2 = model.body(ids[3:4, : int(mask[3].sum())], mask[3:4, : int(mask[3].sum())])
+    v = pool(h2, m2, "mean")
+    torch.testing.assert_close(model.head(torch.cat([u, v, u * v, u - v], -1)), logits[:1], atol=1e-5, rtol=1e-5)
