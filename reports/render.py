@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,11 @@ th{background:#f3f3f3}td{text-align:right}td:first-child,td:nth-child(2){text-al
 img{max-width:100%}figure{margin:1em 0}figcaption{color:#555;font-size:.9em}code{background:#f6f6f6}"""
 
 
+def inline(text: str) -> str:
+    """Escaped text, with `backticked` spans as <code> (after escaping, so nothing from files becomes markup)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def to_html(blocks: list, title: str) -> str:
     e = html.escape
     out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{e(title)}</title>",
@@ -70,9 +76,9 @@ def to_html(blocks: list, title: str) -> str:
         if kind in ("h1", "h2", "h3"):
             out.append(f"<{kind}>{e(str(body))}</{kind}>")
         elif kind == "p":
-            out.append(f"<p>{e(str(body))}</p>")
+            out.append(f"<p>{inline(str(body))}</p>")
         elif kind == "list":
-            out.append("<ul>" + "".join(f"<li>{e(str(i))}</li>" for i in body) + "</ul>")
+            out.append("<ul>" + "".join(f"<li>{inline(str(i))}</li>" for i in body) + "</ul>")
         elif kind == "table":
             head = "".join(f"<th>{e(str(c))}</th>" for c in body.columns)
             rows = "".join("<tr>" + "".join(f"<td>{e(str(v))}</td>" for v in row) + "</tr>" for row in body.rows)

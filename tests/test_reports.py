@@ -310,12 +310,12 @@ def test_single_seed_and_undefined_gap_closed_are_said_not_nan(tmp_path):
 def test_hostile_names_are_escaped_in_html(tmp_path):
     hostile = "<script>alert(1)</script>"
     write(tmp_path, "x0", arch=hostile, task='<img src=x onerror="alert(2)">', metrics={"test_acc": 0.5})
-    write(tmp_path, "x1", arch=hostile, status="failed", reason="<b>boom</b> & more")
+    write(tmp_path, "x1", arch=hostile, status="failed", reason="<b>boom</b> & `<i>more</i>`")
     out = tmp_path / "out"
     assert main([str(tmp_path), "-o", str(out)]) == 0
     page = (out / "report.html").read_text()
-    assert "<script" not in page and "<img src=x" not in page and "<b>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;boom&lt;/b&gt; &amp; more" in page
+    assert "<script" not in page and "<img src=x" not in page and "<b>" not in page and "<i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;boom&lt;/b&gt; &amp; <code>&lt;i&gt;more&lt;/i&gt;</code>" in page
     assert all(p.parent == out for p in out.glob("**/*.png"))  # names never steer where files go
 
 
