@@ -79,7 +79,7 @@ def main(cfg: DictConfig) -> None:
             raise
         # Recorded as failed in result.json by experiment.run; the traceback goes to the job's run.log.
         # Hydra would stop the sweep here (and skip its report); the other jobs deserve to run.
-        log.exception("job failed")
+        log.exception("job failed: %s: %s", type(exc).__name__, exc)
         FAILED.append(f"{hc.runtime.output_dir}: {type(exc).__name__}: {exc}")
 
 

@@ -63,3 +63,32 @@ def test_report_hook_is_configured_and_can_be_turned_off(tmp_path):
     (tmp_path / "x" / "result.json").write_text("{}")
     hook.on_multirun_end(off)
     assert not (tmp_path / "report").exists()
+
+
+def test_an_unexpected_error_in_one_job_does_not_stop_the_sweep(tmp_path, monkeypatch):
+    """Hydra would abort a sweep on a job's unexpected exception (and skip the report); run.py records
+    it and goes on, so every job runs and the sweep still ends with exit status 1."""
+    import sys
+
+    import run
+    from recipes import experiment
+
+    seeds = []
+
+    def boom(cfg, run_dir):
+        seeds.append(cfg.seed)
+        raise RuntimeError(f"boom {cfg.seed}")
+
+    monkeypatch.setattr(experiment, "run", boom)
+    monkeypatch.setattr(run, "FAILED", [])
+    from tests.conftest import ROOT
+
+    # --config-path: imported as a module (not run as a script), run.py's relative config path is not found
+    argv = ["run.py", "--config-path", str(ROOT / "conf"), "-m", "recipe=supervised", "seed=0,1",
+            f"out_root={tmp_path}", "progress=false", f"hydra.callbacks.report.out={tmp_path}/report"]
+    monkeypatch.setattr(sys, "argv", argv)
+    run.main()
+    assert seeds == [0, 1]
+    assert len(run.FAILED) == 2 and all("RuntimeError: boom" in f for f in run.FAILED)
+    listed = (tmp_path / "report" / "report.md").read_text().split("## Runs not counted")[1]  # the hook still ran
+    assert listed.count("| unfinished | job failed: RuntimeError: boom") == 2
