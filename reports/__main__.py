@@ -1,5 +1,6 @@
 """python -m reports RUNS_DIR [-o OUT_DIR]: report.md, report.html (figures embedded), results.csv
-(one row per run), cells.csv (one row per configuration) and the figures as PNG."""
+(one row per run), cells.csv (one row per configuration), curves.csv (validation curves over
+seeds) and the figures as PNG."""
 
 from __future__ import annotations
 
