@@ -315,7 +315,8 @@ def test_hostile_names_are_escaped_in_html(tmp_path):
     assert main([str(tmp_path), "-o", str(out)]) == 0
     page = (out / "report.html").read_text()
     assert "<script" not in page and "<img src=x" not in page and "<b>" not in page and "<i>" not in page
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;b&gt;boom&lt;/b&gt; &amp; `&lt;i&gt;more&lt;/i&gt;`" in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "&lt;b&gt;boom&lt;/b&gt; &amp; `&lt;i&gt;more&lt;/i&gt;`" in page
     assert all(p.parent == out for p in out.glob("**/*.png"))  # names never steer where files go
 
 
