@@ -45,7 +45,8 @@ OFFICIAL_RESOLUTIONS = (32, 64, 128, 256)
 GENERATOR_RESOLUTIONS = (16, 32, 64, 128)
 HINT = "the LRA release (lra_release.gz from https://github.com/google-research/long-range-arena), unpacked"
 DASH, GAP = 2, 1  # pixels on, pixels off along a curve
-MAX_TURN = 0.35   # radians a curve may turn per unit step: smooth, like the original contours
+MAX_TURN = 0.6    # radians a curve may turn per unit step: smooth, yet curly enough that a path
+# between the dots strays from the straight segment joining them (a cue the shortcut check measures)
 # Pixels of two different curves (dots included) are at least SEP apart (Chebyshev distance), while
 # the dashes of one curve are 2 apart (GAP = 1): linking lit pixels closer than SEP recovers each
 # curve exactly, so the label is well defined and checkable (tests do).
@@ -123,6 +124,9 @@ def generate_image(rng: random.Random, res: int, label: int, tries: int = 1000) 
         own = {dots[0]: mains[0], dots[1]: mains[0] if label == 1 else mains[1]}
         if any(max(abs(d[0] - q[0]), abs(d[1] - q[1])) <= SEP for d, c in own.items()
                for other in mains if other is not c for q in other):
+            continue
+        # Nor the other dot: their 3x3 squares keep SEP between them (checked in both classes alike).
+        if max(abs(dots[0][0] - dots[1][0]), abs(dots[0][1] - dots[1][1])) < SEP + 2:
             continue
         distractors = []
         for _ in range(geo["n_distractors"]):
