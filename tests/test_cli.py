@@ -78,6 +78,8 @@ BAD = [
     (["arch.causal=true", "model.pooling=cls"], "pooling=cls with a causal backbone"),
     (["task.data_dir=/nonexistent/listops"], "task.data_dir=/nonexistent/listops is not a directory"),
     (["device=tpu"], "device='tpu' is not one of auto, cpu, cuda"),
+    (["pretrain.pixel_loss=mse"], "pretrain.pixel_loss='mse' must be ce, l1, or null"),
+    (["pretrain.pixel_loss=l1"], "pretrain.pixel_loss='l1' applies to pixel tasks only"),
 ]
 
 
@@ -88,6 +90,19 @@ def test_bad_input_is_one_clear_line(tmp_path, args, message):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.rglob("result.json"))
+
+
+@pytest.mark.parametrize("task, message", [
+    ("text", "task=text needs IMDB: set task.data_dir=/path/to/aclImdb"),
+    ("retrieval", "task=retrieval needs the AAN pairs: set task.data_dir=/path/to/tsv_data"),
+    ("image", "task=image needs CIFAR-10: set task.data_dir=/path/to/cifar-10-batches-py"),
+])
+def test_lra_task_without_its_data_says_where_to_get_it(tmp_path, task, message):
+    proc = cli([f"task={task}", "progress=false"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0] and "http" in errors[0], proc.stderr[-2000:]
     assert not list(tmp_path.rglob("result.json"))
 
 
