@@ -38,3 +38,9 @@ def check_positive(name: str, value) -> None:
     """
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def check_dropout(value) -> None:
+    """Raise ValueError unless 0 <= dropout < 1 (1 would zero every activation)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+        raise ValueError(f"dropout={value!r} must be a number in [0, 1)")

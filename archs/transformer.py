@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from archs.base import Backbone, check_positive
+from archs.base import Backbone, check_dropout, check_positive
 
 POSITIONS = ("learned", "sinusoidal", "rotary")
 
@@ -103,8 +103,7 @@ class Transformer(Backbone):
             raise ValueError(f"pos={pos!r} is not one of {', '.join(POSITIONS)}")
         if pos == "rotary" and (d_model // n_heads) % 2:
             raise ValueError(f"rotary positions need an even head width; d_model/n_heads = {d_model // n_heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout={dropout} must be in [0, 1)")
+        check_dropout(dropout)
         d_ff = 4 * d_model if d_ff is None else d_ff
         check_positive("d_ff", d_ff)
         self.causal, self.pos, self.max_len = bool(causal), pos, max_len

@@ -1,0 +1,265 @@
+"""Mamba: selective state-space blocks (Gu & Dao 2023, "Mamba: Linear-Time Sequence Modeling with
+Selective State Spaces"), with mamba-ssm's fused CUDA kernels or a pure-PyTorch scan.
+
+Glossary (paper symbol in brackets): b batch, l length, d d_model, e = expand · d inner width
+(d_inner), n d_state [N], r dt_rank, Δ step sizes (delta), A (e, n) diagonal state matrix,
+B, C (b, l, n) input-dependent input/output maps, D (e,) skip.
+
+One mixer (`MambaMixer`, section 3.4 and Figure 3 of the paper):
+    x, z = in_proj(u)                          (b, l, e) each
+    x = SiLU(causal depthwise conv1d(x))
+    Δ, B, C = split(x_proj(x));  Δ = softplus(dt_proj(Δ))         (Algorithm 2: s_B, s_C, s_Δ)
+    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t x_t;  y_t = C_t h_t + D x_t   (zero-order hold of A, Euler for B)
+    out = out_proj(y · SiLU(z))
+Parameter names and shapes equal `mamba_ssm.Mamba`'s (in_proj, conv1d, x_proj, dt_proj, A_log, D,
+out_proj), so weights move between this file and mamba-ssm unchanged.
+
+Implementation (`impl`): `cuda` runs the scan with mamba-ssm's fused `selective_scan_fn`; `torch`
+runs `SelectiveScan` below; `auto` uses the fused kernel for CUDA tensors when mamba-ssm is
+installed, else the PyTorch path. `cuda` where it cannot run is an error, never a fallback. The
+backbone's `impl` reports what actually ran (it goes into result.json).
+
+The PyTorch scan is a custom autograd function: autograd through a per-step loop would keep
+l graph nodes and l states of size (b, e, n) alive — gigabytes at l = 2048. Instead the forward
+scans chunk by chunk without a graph, keeping only the state at each chunk boundary; the backward
+recomputes one chunk's states from its boundary and runs the adjoint scan in reverse.
+
+`bidirectional` (for classification and masked-token pretraining): a second mixer reads each
+sequence reversed *within its real length* — padding stays on the right, so it never leaks into
+real positions in either direction — and the two outputs are summed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from archs.base import Backbone, check_dropout, check_positive
+
+IMPLS = ("auto", "cuda", "torch")
+
+
+LOG2E = 1.4426950408889634
+
+
+class SelectiveScan(torch.autograd.Function):
+    """y = selective_scan(u, Δ, A, B, C): u, Δ (b, l, e); A (e, n); B, C (b, l, n) -> y (b, l, e).
+    No D, no gate: those stay in ordinary autograd around it.
+
+    Inside, a chunk of T steps lives in preallocated (T, b, n, e) buffers: e last so that sums over
+    n (and over e) are fast contiguous reductions, and reused buffers because allocating fresh
+    megabyte tensors (page faults) costs more than the arithmetic. exp(x) is computed as
+    exp2(x · log2 e), several times faster on CPU.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, a, b, c, chunk: int):
+        bsz, length, e = u.shape
+        a2 = (a * LOG2E).T.contiguous()  # (n, e)
+        y = u.new_empty(bsz, length, e)
+        bufs = [u.new_empty(min(chunk, length), bsz, a.shape[1], e) for _ in range(3)]
+        h = u.new_zeros(bsz, a.shape[1], e)
+        boundaries = []  # the state entering each chunk: all the backward needs besides the inputs
+        for t0 in range(0, length, chunk):
+            sl = slice(t0, t0 + chunk)
+            boundaries.append(h)
+            da, hs, tmp = (buf[: min(chunk, length - t0)] for buf in bufs)
+            _states(u[:, sl], delta[:, sl], a2, b[:, sl], h, da, hs)
+            y[:, sl] = torch.mul(hs, c[:, sl].transpose(0, 1)[..., None], out=tmp).sum(2).transpose(0, 1)
+            h = hs[-1].clone()  # the buffers are overwritten by the next chunk
+        ctx.save_for_backward(u, delta, a, b, c, torch.stack(boundaries))
+        ctx.chunk = chunk
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        u, delta, a, b, c, boundaries = ctx.saved_tensors
+        chunk, (bsz, length, e) = ctx.chunk, u.shape
+        a2, a_t = (a * LOG2E).T.contiguous(), a.T.contiguous()  # (n, e)
+        du, ddelta, db, dc = (torch.empty_like(t) for t in (u, delta, b, c))
+        da_t = torch.zeros_like(a_t)  # (n, e)
+        bufs = [u.new_empty(min(chunk, length), bsz, a.shape[1], e) for _ in range(5)]
+        carry = torch.zeros_like(boundaries[0])  # dL/dh from the chunk after this one, through its first Ā
+        for k in reversed(range(len(boundaries))):
+            sl = slice(k * chunk, min((k + 1) * chunk, length))
+            da, hs, g, g_dta, tmp = (buf[: sl.stop - sl.start] for buf in bufs)
+            h0 = boundaries[k]
+            _states(u[:, sl], delta[:, sl], a2, b[:, sl], h0, da, hs)  # recompute this chunk's states
+            u_k, delta_k, b_k, c_k, dy_k = (t[:, sl].transpose(0, 1) for t in (u, delta, b, c, dy))  # (T, b, .)
+            dc[:, sl] = torch.mul(hs, dy_k[:, :, None, :], out=tmp).sum(-1).transpose(0, 1)
+            # g_t = dL/dh_t = C_t dy_t + Ā_{t+1} g_{t+1}: the adjoint scan, run backwards.
+            torch.mul(dy_k[:, :, None, :], c_k[..., None], out=g)
+            g[-1] += carry
+            for t in range(g.shape[0] - 2, -1, -1):
+                torch.addcmul(g[t], da[t + 1], g[t + 1], out=g[t])
+            carry = da[0] * g[0]
+            # Ā_t = exp(Δ_t A): dL/d(Δ_t A) = g_t h_{t-1} Ā_t.
+            torch.mul(g, da, out=g_dta)
+            g_dta[1:].mul_(hs[:-1])
+            g_dta[0].mul_(h0)
+            ddelta_k = torch.mul(g_dta, a_t, out=tmp).sum(2)  # (T, b, e)
+            da_t += torch.mul(g_dta, delta_k[:, :, None, :], out=tmp).sum((0, 1))
+            # B̄x_t = Δ_t x_t B_t
+            g_dx = torch.mul(g, b_k[..., None], out=tmp).sum(2)  # dL/d(Δ_t x_t), (T, b, e)
+            db[:, sl] = torch.mul(g, (delta_k * u_k)[:, :, None, :], out=tmp).sum(-1).transpose(0, 1)
+            ddelta[:, sl] = (ddelta_k + g_dx * u_k).transpose(0, 1)
+            du[:, sl] = (g_dx * delta_k).transpose(0, 1)
+        return du, ddelta, da_t.T, db, dc, None
+
+
+def _states(u: Tensor, delta: Tensor, a2: Tensor, b: Tensor, h: Tensor, da: Tensor, hs: Tensor) -> None:
+    """One chunk of the recurrence, into buffers. u, delta (b, T, e); a2 = A·log2(e) transposed (n, e);
+    b (b, T, n); h (b, n, e) the state before the chunk. Writes da = Ā_t = exp(Δ_t A) and
+    hs = h_t = Ā_t h_{t-1} + Δ_t x_t B_t, both (T, b, n, e)."""
+    u, delta, b = u.transpose(0, 1), delta.transpose(0, 1), b.transpose(0, 1)
+    torch.exp2(torch.mul(delta[:, :, None, :], a2, out=da), out=da)
+    torch.mul((delta * u)[:, :, None, :], b[..., None], out=hs)  # B̄x_t, turned into h_t in place below
+    for t in range(hs.shape[0]):
+        h = torch.addcmul(hs[t], da[t], h, out=hs[t])
+
+
+def selective_scan_torch(u: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk: int = 64) -> Tensor:
+    """u, delta (b, l, e), a (e, n), b, c (b, l, n) -> (b, l, e), in float32 (or float64) whatever the input."""
+    dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
+    y = SelectiveScan.apply(*(t.to(dtype) for t in (u, delta, a, b, c)), chunk)
+    return y.to(u.dtype)
+
+
+def fused_scan_available() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import mamba_ssm.ops.selective_scan_interface  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class MambaMixer(nn.Module):
+    """(b, l, d) -> (b, l, d), causal. Same parameters as mamba_ssm.Mamba(d_model, d_state, d_conv, expand)."""
+
+    def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, dt_rank: int, dt_min: float,
+                 dt_max: float, dt_init_floor: float, chunk: int):
+        super().__init__()
+        e = expand * d_model
+        self.d_state, self.dt_rank, self.chunk = d_state, dt_rank, chunk
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=False)
+        self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1)  # depthwise; causal by cropping
+        self.x_proj = nn.Linear(e, dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(dt_rank, e)
+        # Initialization as in the paper (section 3.6 and appendix): Δ log-uniform in [dt_min, dt_max]
+        # through the inverse softplus of the bias; S4D-Real A_n = -(n+1).
+        nn.init.uniform_(self.dt_proj.weight, -dt_rank**-0.5, dt_rank**-0.5)
+        log_dt = torch.rand(e) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        dt = torch.exp(log_dt).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(e, 1))
+        self.D = nn.Parameter(torch.ones(e))
+        for p in (self.A_log, self.D):  # decaying A or the skip toward 0 is not regularization
+            p._optim = {"weight_decay": 0.0}
+        self.out_proj = nn.Linear(e, d_model, bias=False)
+
+    def forward(self, u: Tensor, fused: bool) -> Tensor:
+        length = u.shape[1]
+        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, e) each
+        x = F.silu(self.conv1d(x.transpose(1, 2))[..., :length]).transpose(1, 2)
+        dt, b, c = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = dt @ self.dt_proj.weight.T  # bias added with the softplus (inside the fused kernel on CUDA)
+        a = -torch.exp(self.A_log.float())  # (e, n)
+        if fused:
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+            y = selective_scan_fn(
+                x.transpose(1, 2), dt.transpose(1, 2), a, b.transpose(1, 2).contiguous(),
+                c.transpose(1, 2).contiguous(), self.D.float(), z.transpose(1, 2),
+                delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            ).transpose(1, 2)
+        else:
+            delta = F.softplus(dt + self.dt_proj.bias)
+            y = selective_scan_torch(x, delta, a, b, c, self.chunk) + x * self.D
+            y = y * F.silu(z)
+        return self.out_proj(y)
+
+
+def flip_within(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Reverse each sequence of x (b, l, d) within its real length; padding stays on the right.
+    Its own inverse."""
+    if mask is None:
+        return x.flip(1)
+    lengths = mask.sum(1, keepdim=True)  # (b, 1)
+    pos = torch.arange(x.shape[1], device=x.device)[None]
+    index = torch.where(pos < lengths, lengths - 1 - pos, pos)  # (b, l)
+    return x.gather(1, index[..., None].expand_as(x))
+
+
+class MambaBlock(nn.Module):
+    """x + Dropout(mixer(LN(x)) [+ reversed mixer_rev]), pre-norm residual as in mamba-ssm."""
+
+    def __init__(self, d_model: int, dropout: float, bidirectional: bool, **mixer):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.mixer = MambaMixer(d_model, **mixer)
+        self.mixer_rev = MambaMixer(d_model, **mixer) if bidirectional else None
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor | None, fused: bool) -> Tensor:
+        h = self.norm(x)
+        y = self.mixer(h, fused)
+        if self.mixer_rev is not None:
+            y = y + flip_within(self.mixer_rev(flip_within(h, mask), fused), mask)
+        return x + self.drop(y)
+
+
+class Mamba(Backbone):
+    """(B, L, D) -> (B, L, D): a stack of Mamba blocks and a final LayerNorm."""
+
+    def __init__(self, d_model: int, n_layers: int, dropout: float = 0.0, *, max_len: int, d_state: int = 16,
+                 d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto", dt_min: float = 0.001,
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, bidirectional: bool = True, impl: str = "auto",
+                 chunk_size: int = 16):
+        super().__init__()
+        dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
+        for name, value in (("d_model", d_model), ("n_layers", n_layers), ("max_len", max_len),
+                            ("d_state", d_state), ("d_conv", d_conv), ("expand", expand), ("dt_rank", dt_rank),
+                            ("chunk_size", chunk_size)):
+            check_positive(name, value)
+        check_dropout(dropout)
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if impl not in IMPLS:
+            raise ValueError(f"impl={impl!r} is not one of {', '.join(IMPLS)}")
+        if impl == "cuda" and not fused_scan_available():
+            raise ValueError("impl=cuda needs a CUDA GPU and mamba-ssm (pip install -e '.[cuda]'); "
+                             "use impl=torch or impl=auto to run the PyTorch scan")
+        self.causal, self.max_len, self.impl_requested = not bidirectional, max_len, impl
+        self.used: set[str] = set()  # implementations that actually ran
+        mixer = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max,
+                     dt_init_floor=dt_init_floor, chunk=chunk_size)
+        self.blocks = nn.ModuleList(MambaBlock(d_model, dropout, bidirectional, **mixer) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    @property
+    def impl(self) -> str:
+        """What ran ("cuda", "torch", or "cuda+torch" if both did); before any forward, what would run on CPU."""
+        if self.used:
+            return "+".join(sorted(self.used))
+        return "cuda" if self.impl_requested == "cuda" else "torch"
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x (B, L, D), mask (B, L) bool True = real -> (B, L, D)."""
+        if x.shape[1] > self.max_len:
+            raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={self.max_len}")
+        if self.impl_requested == "cuda" and not x.is_cuda:
+            raise ValueError("impl=cuda but the input is on the CPU: set device=cuda, or impl=torch/auto")
+        auto_fused = self.impl_requested == "auto" and x.is_cuda and fused_scan_available()
+        fused = self.impl_requested == "cuda" or auto_fused
+        self.used.add("cuda" if fused else "torch")
+        for block in self.blocks:
+            x = block(x, mask, fused)
+        return self.norm(x)

@@ -1,0 +1,88 @@
+"""S4: the structured state-space layer with a diagonal-plus-low-rank (DPLR) state matrix
+(Gu, Goel & Ré 2022, "Efficiently Modeling Long Sequences with Structured State Spaces").
+
+Glossary as in archs/ssm.py; ω_k = exp(-2πi k / M) are the M-th roots of unity, M = kernel length.
+
+Per channel, A = Λ - P P^* with Λ diagonal (N/2 conjugate pairs stored) and P a rank-1 vector,
+initialized from HiPPO-LegS's normal-plus-low-rank form; bilinear discretization with step dt:
+    Ā = (I - dt/2 A)^{-1} (I + dt/2 A),   B̄ = (I - dt/2 A)^{-1} dt B,   K_l = C Ā^l B̄.
+Like the paper we learn C̃ = C (I - Ā^M) instead of C, which makes the kernel's generating
+function at the roots of unity cheap (paper, Lemma C.3 with the Woodbury identity):
+    K̂(ω) = C̃ M(ω) B,  M(ω) = 2 [ (2/dt)(1-ω) - (1+ω) A ]^{-1}
+         = k_CB - (1+ω)/2 · k_CP k_PB / (1 + (1+ω)/2 · k_PP),
+    k_ab(ω) = sum_n a_n b_n · 2 / ((2/dt)(1-ω) - (1+ω) Λ_n)      (a Cauchy kernel)
+and K = inverse FFT of K̂. Writing 2/(1+ω) into the denominator keeps ω = -1 finite. Because C̃
+is tied to M, the kernel is always computed at M = max_len and cut to the batch's length: a short
+batch sees exactly the first L taps a long one sees. The Cauchy sums run in plain PyTorch
+(memory H × N/2 × M/2 complex numbers per layer); a custom CUDA or KeOps Cauchy kernel, as in
+the authors' code, would cut that memory but is not needed for correctness.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from archs.ssm import SSMStack, hippo_legs_nplr, log_dt_init, ssm_param
+
+
+def cauchy_pairs(v: Tensor, z_num: Tensor, z_den: Tensor, lam: Tensor) -> Tensor:
+    """sum over n of v_n · 2 / (z_num - z_den λ_n) over conjugate pairs, i.e. over the full state:
+    + conj(v_n) · 2 / (z_num - z_den conj(λ_n)).  v (..., H, N/2), z_* (M',), lam (H, N/2) -> (..., H, M')."""
+    r = 2 / (z_num - z_den * lam[..., None])  # (H, N/2, M')
+    r_conj = 2 / (z_num - z_den * lam.conj()[..., None])
+    return torch.einsum("...hn,hnm->...hm", v, r) + torch.einsum("...hn,hnm->...hm", v.conj(), r_conj)
+
+
+class S4Kernel(nn.Module):
+    """length L (<= max_len) -> kernels (c, H, L), computed at max_len and cut."""
+
+    def __init__(self, d_model: int, channels: int, d_state: int, max_len: int, dt_min: float, dt_max: float,
+                 ssm_lr: float | None):
+        super().__init__()
+        lam, p, b = hippo_legs_nplr(d_state)
+        self.max_len = max_len
+        rep = (d_model, 1)
+        self.log_dt = ssm_param(log_dt_init(d_model, dt_min, dt_max), ssm_lr)  # (H)
+        self.log_A_real = ssm_param(torch.log(-lam.real).float().repeat(*rep), ssm_lr)  # (H, N/2), Re Λ < 0
+        self.A_imag = ssm_param(lam.imag.float().repeat(*rep), ssm_lr)  # (H, N/2)
+        self.P = ssm_param(torch.view_as_real(p.to(torch.complex64)).repeat(*rep, 1), ssm_lr)  # (H, N/2, 2)
+        self.B = ssm_param(torch.view_as_real(b.to(torch.complex64)).repeat(*rep, 1), ssm_lr)  # (H, N/2, 2)
+        # C̃ ~ N(0, 1/2) per real and imaginary part, one per direction.
+        c = torch.randn(channels, d_model, d_state // 2, dtype=torch.complex64)
+        self.C = nn.Parameter(torch.view_as_real(c))  # (c, H, N/2, 2)
+
+    def lam(self) -> Tensor:
+        return torch.complex(-self.log_A_real.exp(), self.A_imag)
+
+    def forward(self, length: int) -> Tensor:
+        if length > self.max_len:
+            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
+        m = self.max_len
+        dt = self.log_dt.exp()[:, None]  # (H, 1)
+        lam, p, b = self.lam(), torch.view_as_complex(self.P), torch.view_as_complex(self.B)
+        c = torch.view_as_complex(self.C)  # (c, H, N/2)
+        k = torch.arange(m // 2 + 1, device=dt.device, dtype=torch.float64)
+        omega = torch.exp(-2j * math.pi * k / m).to(lam.dtype)  # (M/2+1): rfft frequencies suffice, K is real
+        # 2 / ((2/dt)(1-ω) - (1+ω)λ) = dt · 2 / (2(1-ω) - (1+ω) dt λ): fold each channel's dt into λ.
+        lam_dt, z_num, z_den = lam * dt, 2 * (1 - omega), 1 + omega
+        k_cb, k_cp, k_pb, k_pp = (cauchy_pairs(v, z_num, z_den, lam_dt) * dt
+                                  for v in (c * b, c * p, p.conj() * b, p.conj() * p))
+        half = (1 + omega) / 2
+        k_hat = k_cb - half * k_cp * k_pb / (1 + half * k_pp)  # (c, H, M/2+1)
+        return torch.fft.irfft(k_hat, n=m)[..., :length]
+
+
+class S4(SSMStack):
+    """(B, L, D) -> (B, L, D): a stack of S4 (DPLR, HiPPO-LegS) blocks; bidirectional by default."""
+
+    def __init__(self, d_model: int, n_layers: int, dropout: float = 0.0, *, max_len: int, d_state: int = 64,
+                 bidirectional: bool = True, dt_min: float = 0.001, dt_max: float = 0.1,
+                 ssm_lr: float | None = 0.001):
+        super().__init__(d_model, n_layers, dropout, max_len=max_len, d_state=d_state, bidirectional=bidirectional,
+                         dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr)
+
+    def make_kernel(self, d_model: int, channels: int) -> nn.Module:
+        return S4Kernel(d_model, channels, self.d_state, self.max_len, self.dt_min, self.dt_max, self.ssm_lr)

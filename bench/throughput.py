@@ -1,0 +1,218 @@
+"""Training-step throughput and memory of every backbone: `python -m bench.throughput`.
+
+For each arch in conf/arch/ (or --archs) and each length L, one fresh process builds the backbone at
+--d-model / --n-layers, then times full training steps (forward, backward, AdamW) on random inputs
+of `--tokens` tokens per batch (batch = tokens // L, so every length does the same work for a
+linear-time model). Printed and saved (CSV + markdown) per (arch, L):
+- tokens/s of training steps;
+- peak memory: on CUDA the allocator's peak; on CPU the process's peak RSS above what it held
+  before the first step (weights, optimizer state and activations of one step);
+- counted FLOP/s (matmuls, convolutions, attention; FFTs and scans are not counted) and its share
+  of this machine's measured dense matmul FLOP/s;
+- the fitted exponent of time per sequence in L between the two longest lengths (1 = linear).
+
+A fresh process per measurement keeps one model's memory out of the next one's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def matmul_flops(device: str, n: int = 2048, repeats: int = 10) -> float:
+    """Measured dense float32 matmul FLOP/s (bf16 on CUDA) of this device."""
+    import torch
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(arch: str, length: int, args: dict, queue) -> None:
+    """Child process: one (arch, L) measurement -> queue.put(dict)."""
+    try:
+        queue.put(_measure(arch, length, args))
+    except Exception as exc:  # report, do not kill the whole table
+        queue.put({"error": f"{type(exc).__name__}: {exc}"[:300]})
+
+
+def _measure(arch: str, length: int, args: dict) -> dict:
+    import torch
+    from omegaconf import OmegaConf
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(ROOT))
+    from recipes.model import build_backbone, n_params
+
+    device = args["device"]
+    torch.manual_seed(0)
+    cfg = OmegaConf.load(ROOT / "conf" / "arch" / f"{arch}.yaml")
+    cfg = OmegaConf.merge(cfg, {"d_model": args["d_model"], "n_layers": args["n_layers"], "dropout": 0.0},
+                          OmegaConf.from_dotlist(args["set"]))
+    model = build_backbone(cfg, max_len=length).to(device).train()
+    batch = max(1, args["tokens"] // length)
+    x = torch.randn(batch, length, args["d_model"], device=device)
+    mask = torch.ones(batch, length, dtype=torch.bool, device=device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        loss = model(x, mask).float().pow(2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    base = rss_bytes()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with FlopCounterMode(display=False) as counter:  # also the warm-up step (optimizer state is created)
+        step()
+    flops_per_step = counter.get_total_flops()
+    for _ in range(args["warmup"]):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args["steps"]):
+        step()
+    sync(device)
+    seconds = (time.perf_counter() - start) / args["steps"]
+    if device == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:  # ru_maxrss is in KiB on Linux
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"arch": arch, "L": length, "batch": batch, "params": n_params(model),
+            "impl": str(getattr(model, "impl", "torch")),
+            "step_s": seconds, "tokens_per_s": batch * length / seconds, "peak_mem_mb": peak / 2**20,
+            "counted_flops_per_s": flops_per_step / seconds}
+
+
+def exponent(rows: list[dict], arch: str, short: int, long: int) -> float | None:
+    """Fitted p in time-per-sequence ~ L^p between two lengths (same tokens per batch)."""
+    by_len = {r["L"]: r for r in rows if r["arch"] == arch and "tokens_per_s" in r}
+    if short not in by_len or long not in by_len:
+        return None
+    per_seq = {n: n / by_len[n]["tokens_per_s"] for n in (short, long)}
+    return math.log(per_seq[long] / per_seq[short]) / math.log(long / short)
+
+
+def main(argv: list[str] | None = None) -> int:
+    archs = sorted(p.stem for p in (ROOT / "conf" / "arch").glob("*.yaml"))
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="+", default=archs, help=f"default: all of {', '.join(archs)}")
+    ap.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096])
+    ap.add_argument("--tokens", type=int, default=16384, help="tokens per batch (batch = tokens // L)")
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--n-layers", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--set", nargs="*", default=[], help="arch overrides for every arch, e.g. mamba chunk_size=32")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
+    ap.add_argument("--out", type=Path, default=Path("runs/bench"))
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.archs) - set(archs))
+    if unknown:
+        print(f"error: unknown arch {', '.join(unknown)}: choose from {', '.join(archs)}", file=sys.stderr)
+        return 2
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    peak_flops = matmul_flops(device)
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'cpu'}, " \
+        f"{torch.get_num_threads()} threads"
+    print(f"# device: {device} ({where}); measured dense matmul: {peak_flops / 1e9:.1f} GFLOP/s; "
+          f"d_model {args.d_model}, {args.n_layers} layers, {args.tokens} tokens per batch", flush=True)
+    ctx = mp.get_context("spawn")
+    child_args = {"device": device, "d_model": args.d_model, "n_layers": args.n_layers, "tokens": args.tokens,
+                  "steps": args.steps, "warmup": args.warmup, "set": args.set}
+    rows = []
+    for arch in args.archs:
+        for length in args.lengths:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=measure, args=(arch, length, child_args, queue))
+            proc.start()
+            proc.join(args.timeout)
+            if proc.is_alive():
+                proc.kill()
+                row = {"error": f"timeout after {args.timeout:.0f} s"}
+            elif queue.empty():
+                row = {"error": f"process died (exit {proc.exitcode}; out of memory?)"}
+            else:
+                row = queue.get()
+            row = {"arch": arch, "L": length, **row}
+            rows.append(row)
+            if "error" in row:
+                print(f"{arch:12s} L={length:6d}  {row['error']}", flush=True)
+            else:
+                print(f"{arch:12s} L={length:6d}  batch {row['batch']:4d}  {row['tokens_per_s']:10.0f} tok/s  "
+                      f"{row['peak_mem_mb']:8.0f} MB  {row['counted_flops_per_s'] / peak_flops:6.1%} of matmul peak "
+                      f"({row['impl']})", flush=True)
+    table = render(rows, args.archs, args.lengths, peak_flops)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"throughput-{device}"
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(f"{stem}.csv", index=False)
+    Path(f"{stem}.md").write_text(table + "\n")
+    Path(f"{stem}.json").write_text(json.dumps({"device": where, "matmul_flops_per_s": peak_flops, "rows": rows,
+                                                "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
+    print(f"saved {stem}.csv, .md, .json")
+    return 0
+
+
+def render(rows: list[dict], archs: list[str], lengths: list[int], peak_flops: float) -> str:
+    head = "| arch | params | " + " | ".join(f"L={n} tok/s | L={n} MB | L={n} FLOP share" for n in lengths)
+    head += f" | exponent {lengths[-2]}→{lengths[-1]} |" if len(lengths) > 1 else " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for arch in archs:
+        cells, params = [], ""
+        for n in lengths:
+            r = next(r for r in rows if r["arch"] == arch and r["L"] == n)
+            if "error" in r:
+                cells += ["—", "—", r["error"][:40]]
+            else:
+                params = f"{r['params']:,}"
+                cells += [f"{r['tokens_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}",
+                          f"{r['counted_flops_per_s'] / peak_flops:.1%}"]
+        line = f"| {arch} | {params} | " + " | ".join(cells)
+        if len(lengths) > 1:
+            p = exponent(rows, arch, lengths[-2], lengths[-1])
+            line += f" | {'—' if p is None else f'{p:.2f}'} |"
+        else:
+            line += " |"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
