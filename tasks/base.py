@@ -227,8 +227,9 @@ def check_sizes(**sizes) -> None:
 
 class Task:
     """Base class. Subclasses set `spec` and implement `build()` -> {split: datasets.Dataset with
-    columns `input_ids` (list of int) and `label` (int)}, plus `cache_key()` naming everything the
-    prepared data depends on."""
+    columns `input_ids` (list of int), `label` (int), and for dual-input tasks `input_ids2`}
+    (`ids_dataset` builds one), plus `cache_key()` naming everything the prepared data depends on.
+    A pixel task may set `encoder_kind` ("linear" | "embed") to choose its PixelEncoder."""
 
     spec: TaskSpec
     version = 1  # bump when preparation changes, so stale caches are rebuilt
