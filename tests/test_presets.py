@@ -22,7 +22,8 @@ DATA = {
     "lra_retrieval": lambda tmp: lra.write_aan(tmp, n=4),
     "lra_image": lambda tmp: lra.write_cifar(tmp, n_per_batch=2)[0],
 }
-# The preset's model, not the mini one (the LRA Image model of Amos et al. is small).
+# Paper-scale presets run the paper's model, not the mini one (the LRA Image model of Amos et al.
+# is small); other presets (e.g. mini grids) only have to run.
 MIN_PARAMS = {"lra_image": 100_000, "lra_retrieval": 500_000, "lra_pathfinder": 300_000}
 # Full attention over Path-X's 16,384 pixels needs a large GPU: there, the test composes the
 # preset and builds its task and model without running a step.
@@ -36,7 +37,8 @@ def test_preset_runs_a_step(tmp_path, preset):
     result = experiment.run(cfg, tmp_path / "run")
     assert result["status"] == "ok"
     assert result["steps"] == {"pretrain": 1, "finetune": 1}
-    assert result["params"]["total"] > MIN_PARAMS.get(preset, 1_000_000)
+    if preset.startswith("lra_"):  # paper scale: the preset's model, not the mini one
+        assert result["params"]["total"] > MIN_PARAMS.get(preset, 1_000_000)
 
 
 @pytest.mark.parametrize("preset", sorted(HEAVY))
