@@ -155,3 +155,13 @@ def test_spt_end_to_end_on_generated_pathfinder(tmp_path):
     assert result["status"] == "ok"
     assert result["pretrain"]["pixel_loss"] == "ce" and result["pretrain"]["mask_ratio"] == 0.5
     assert result["steps"] == {"pretrain": 4, "finetune": 4}
+
+
+def test_shortcut_script_reports_both_feature_sets(capsys):
+    from tasks.pathfinder_shortcut import main
+
+    acc = main(["--resolution", "16", "--n", "40"])
+    out = capsys.readouterr().out
+    assert set(acc) == {"controlled", "extended"} and acc["controlled"] == 0.5  # paired by distance: exactly 0.5
+    assert "controlled statistics" in out and "extended" in out
+    assert features(generate(4, 16, 0, progress=False)[0], extended=True).shape == (4, 8)
