@@ -29,6 +29,8 @@ def dilation_schedule(n_layers: int, kernel_size: int, max_len: int, causal: boo
     def covers(base: int, layers: int) -> bool:
         return reach * sum(base**i for i in range(layers)) >= need
 
+    if n_layers == 1:  # one block: a single dilation spreads its taps over the whole length
+        return [max(1, -(-need // reach))]
     base = kernel_size
     for m in range(1, n_layers + 1):
         if covers(base, m):

@@ -217,9 +217,46 @@ def test_bad_options_are_config_errors(arch, overrides, message):
 def test_cnn_receptive_field_covers_max_len():
     from archs.cnn import CNN
 
-    cases = [(False, 7, 3, 151), (True, 3, 4, 100), (False, 3, 2, 1000), (False, 7, 6, 40)]
+    cases = [(False, 7, 3, 151), (True, 3, 4, 100), (False, 3, 2, 1000), (False, 7, 6, 40), (False, 7, 1, 25),
+             (True, 2, 1, 9)]
     for causal, kernel, layers, max_len in cases:
         model = CNN(8, layers, max_len=max_len, kernel_size=kernel, causal=causal)
         assert model.receptive_field >= (max_len if causal else 2 * max_len - 1), model.dilations
     # Enough layers: dense powers of the kernel size, cycled.
     assert CNN(8, 6, max_len=20, kernel_size=7).dilations == [1, 7, 1, 7, 1, 7]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("flip", [False, True], ids=["default", "flipped"])
+def test_every_backbone_runs_both_recipes_end_to_end(arch, flip, tmp_path):
+    """Through run.py's path: build, pretrain (MLM, or NTP when causal), fine-tune, result.json."""
+    from recipes import experiment
+    from tests.conftest import make_cfg
+
+    flipped = [f"arch.{k}={str(v).lower()}" for k, v in flipped_direction(arch).items()] if flip else []
+    overrides = [f"arch={arch}", "arch.d_model=16", "arch.n_layers=1", *flipped, "recipe=spt", "progress=false",
+                 "task.n_train=64", "task.n_val=32", "task.n_test=32", "task.max_length=24",
+                 "pretrain.max_steps=3", "finetune.max_steps=3", "pretrain.eval_every=3", "finetune.eval_every=3"]
+    result = experiment.run(make_cfg(overrides, tmp_path), tmp_path / "run")
+    assert result["status"] == "ok" and 0 <= result["metrics"]["test_acc"] <= 1
+    assert result["impl"] == "torch"  # what ran on this CPU
+    assert result["steps"] == {"pretrain": 3, "finetune": 3}
+
+
+@pytest.mark.parametrize("arch, ssm_params", [("s4", {"log_dt", "log_A_real", "A_imag", "P", "B"}),
+                                              ("s4d", {"log_dt", "log_A_real", "A_imag"}),
+                                              ("mamba", {"A_log", "D"})])
+def test_ssm_parameters_get_their_own_optimizer_settings(arch, ssm_params):
+    """S4/S4D dynamics train at ssm_lr without weight decay; Mamba's A_log and D are never decayed."""
+    from recipes.train import param_groups
+
+    model = make(arch)
+    groups = param_groups(model, lr=0.01, weight_decay=0.1)
+    name_of = {id(p): n.rsplit(".", 1)[-1] for n, p in model.named_parameters()}
+    for group in groups:
+        names = {name_of[id(p)] for p in group["params"]}
+        if names & ssm_params:
+            assert names <= ssm_params | {"bias", "weight", "D"} and group["weight_decay"] == 0.0
+            expected_lr = config(arch).get("ssm_lr") or 0.01
+            assert group["lr"] == expected_lr, (names, group["lr"])
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
