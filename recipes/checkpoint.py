@@ -17,6 +17,8 @@ import torch
 
 from recipes.errors import CheckpointError
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: os.umask can only be read by setting it
 FORMAT = 1  # bump when the checkpoint layout changes; older files are refused, not misread
 
 
@@ -25,6 +27,7 @@ def atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; results should be as readable as any file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

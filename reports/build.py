@@ -14,6 +14,8 @@ from reports import figures, stats
 from reports.load import load_config, load_curves, load_runs, usable
 from reports.render import Table, interval, pct, signed, to_html, to_markdown
 
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once: os.umask can only be read by setting it
 BASE, TREAT = "supervised", "spt"  # the comparison the suite is about; other recipes still get tables
 
 
@@ -24,6 +26,7 @@ class NoRuns(ValueError):
 def atomic_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp makes 0600; a report is meant to be shared
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp, path)
