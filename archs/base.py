@@ -40,6 +40,13 @@ def check_positive(name: str, value) -> None:
         raise ValueError(f"{name}={value!r} must be a positive integer")
 
 
+def check_length(length: int, max_len: int) -> None:
+    """Refuse sequences longer than the model was built for (position tables and SSM kernels are
+    sized by max_len; silently truncating or extrapolating would change what is measured)."""
+    if length > max_len:
+        raise ValueError(f"sequence length {length} exceeds max_len={max_len}")
+
+
 def check_dropout(value) -> None:
     """Raise ValueError unless 0 <= dropout < 1 (1 would zero every activation)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from archs.base import Backbone, check_dropout, check_positive
+from archs.base import Backbone, check_dropout, check_length, check_positive
 
 
 def dilation_schedule(n_layers: int, kernel_size: int, max_len: int, causal: bool) -> list[int]:
@@ -83,8 +83,7 @@ class CNN(Backbone):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, L, D), mask (B, L) bool True = real -> (B, L, D)."""
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={self.max_len}")
+        check_length(x.shape[1], self.max_len)
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)

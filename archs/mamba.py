@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from archs.base import Backbone, check_dropout, check_positive
+from archs.base import Backbone, check_dropout, check_length, check_positive
 
 IMPLS = ("auto", "cuda", "torch")
 
@@ -253,8 +253,7 @@ class Mamba(Backbone):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, L, D), mask (B, L) bool True = real -> (B, L, D)."""
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={self.max_len}")
+        check_length(x.shape[1], self.max_len)
         if self.impl_requested == "cuda" and not x.is_cuda:
             raise ValueError("impl=cuda but the input is on the CPU: set device=cuda, or impl=torch/auto")
         auto_fused = self.impl_requested == "auto" and x.is_cuda and fused_scan_available()

@@ -25,6 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from archs.base import check_length
 from archs.ssm import SSMStack, hippo_legs_nplr, log_dt_init, ssm_param
 
 
@@ -58,8 +59,7 @@ class S4Kernel(nn.Module):
         return torch.complex(-self.log_A_real.exp(), self.A_imag)
 
     def forward(self, length: int) -> Tensor:
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
+        check_length(length, self.max_len)
         m = self.max_len
         dt = self.log_dt.exp()[:, None]  # (H, 1)
         lam, p, b = self.lam(), torch.view_as_complex(self.P), torch.view_as_complex(self.B)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from archs.base import Backbone, check_dropout, check_positive
+from archs.base import Backbone, check_dropout, check_length, check_positive
 
 
 def hippo_legs(n: int) -> tuple[Tensor, Tensor]:
@@ -149,8 +149,7 @@ class SSMStack(Backbone):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, L, D), mask (B, L) bool True = real -> (B, L, D)."""
-        if x.shape[1] > self.max_len:
-            raise ValueError(f"sequence length {x.shape[1]} exceeds max_len={self.max_len}")
+        check_length(x.shape[1], self.max_len)
         for block in self.blocks:
             x = block(x, mask)
         return self.norm(x)

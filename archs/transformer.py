@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from archs.base import Backbone, check_dropout, check_positive
+from archs.base import Backbone, check_dropout, check_length, check_positive
 
 POSITIONS = ("learned", "sinusoidal", "rotary")
 
@@ -120,8 +120,7 @@ class Transformer(Backbone):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         """x (B, L, D), mask (B, L) bool True = real -> (B, L, D)."""
         length = x.shape[1]
-        if length > self.max_len:
-            raise ValueError(f"sequence length {length} exceeds max_len={self.max_len}")
+        check_length(length, self.max_len)
         if self.pos != "rotary":
             x = x + self.pos_table[:length]
         allowed = None
