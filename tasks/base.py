@@ -225,6 +225,12 @@ def check_sizes(**sizes) -> None:
             raise ValueError(f"task.{key}={value!r} must be a positive integer")
 
 
+def check_mask_ratio(value) -> None:
+    """task.mask_ratio, the paper's SPT masking rate for the task: a fraction strictly in (0, 1)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value < 1.0:
+        raise ValueError(f"task.mask_ratio={value} must be in (0, 1)")
+
+
 class Task:
     """Base class. Subclasses set `spec` and implement `build()` -> {split: datasets.Dataset with
     columns `input_ids` (list of int), `label` (int), and for dual-input tasks `input_ids2`}

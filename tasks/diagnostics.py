@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tasks.base import Task, TaskSpec, check_sizes, ids_dataset
+from tasks.base import Task, TaskSpec, check_mask_ratio, check_sizes, ids_dataset
 
 PAD, MASK, OPEN, CLOSE, MARKER = 0, 1, 2, 3, 4
 FIRST_SYMBOL = 5  # noise / span symbols are FIRST_SYMBOL .. FIRST_SYMBOL + n_symbols - 1
@@ -29,8 +29,7 @@ class _Generated(Task):
     def __init__(self, *, name: str, length: int, n_symbols: int, n_train: int, n_val: int, n_test: int,
                  data_seed: int, mask_ratio: float):
         check_sizes(length=length, n_symbols=n_symbols, n_train=n_train, n_val=n_val, n_test=n_test)
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"task.mask_ratio={mask_ratio} must be in (0, 1)")
+        check_mask_ratio(mask_ratio)
         if FIRST_SYMBOL + n_symbols > 256:
             raise ValueError(f"task.n_symbols={n_symbols} must be <= {256 - FIRST_SYMBOL}")
         self.length, self.n_symbols, self.data_seed = length, n_symbols, data_seed

@@ -21,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.base import DataError, Task, TaskSpec, check_sizes, file_identity, ids_dataset, seeded_subset
+from tasks.base import (
+    DataError,
+    Task,
+    TaskSpec,
+    check_mask_ratio,
+    check_sizes,
+    file_identity,
+    ids_dataset,
+    seeded_subset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +91,7 @@ class Image(Task):
             raise ValueError(f"task.source={source!r} is not one of files, hub")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"task.val_fraction={val_fraction} must be in (0, 1)")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"task.mask_ratio={mask_ratio} must be in (0, 1)")
+        check_mask_ratio(mask_ratio)
         if encoder not in ("linear", "embed"):
             raise ValueError(f"task.encoder={encoder!r} is not one of linear, embed")
         self.source, self.hub_name = source, hub_name

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tasks.base import DataError, Task, TaskSpec
+from tasks.base import DataError, Task, TaskSpec, check_mask_ratio
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,7 @@ class ListOps(Task):
         if not 0 <= min_length < max_length - 1:
             raise ValueError(f"task.min_length={min_length} must be >= 0 and < max_length - 1 = {max_length - 1}"
                              " (lengths are kept when strictly between the two)")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"task.mask_ratio={mask_ratio} must be in (0, 1)")
+        check_mask_ratio(mask_ratio)
         self.data_dir = None if data_dir in (None, "") else Path(data_dir).expanduser()
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.gen = dict(min_length=min_length, max_length=max_length, max_depth=max_depth, max_args=max_args,

@@ -35,7 +35,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tasks.base import DataError, Task, TaskSpec, check_sizes, file_identity, ids_dataset, seeded_subset
+from tasks.base import (
+    DataError,
+    Task,
+    TaskSpec,
+    check_mask_ratio,
+    check_sizes,
+    file_identity,
+    ids_dataset,
+    seeded_subset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +218,7 @@ class Pathfinder(Task):
             raise ValueError(f"task.resolution={resolution} is not one of the release's {OFFICIAL_RESOLUTIONS}")
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"task.difficulty={difficulty!r} is not one of {', '.join(DIFFICULTIES)}")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"task.mask_ratio={mask_ratio} must be in (0, 1)")
+        check_mask_ratio(mask_ratio)
         if encoder not in ("linear", "embed"):
             raise ValueError(f"task.encoder={encoder!r} is not one of linear, embed")
         self.resolution, self.difficulty, self.data_seed = resolution, difficulty, data_seed

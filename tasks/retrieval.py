@@ -25,6 +25,7 @@ from tasks.base import (
     Task,
     TaskSpec,
     byte_ids,
+    check_mask_ratio,
     check_sizes,
     file_identity,
     ids_dataset,
@@ -82,8 +83,7 @@ class Retrieval(Task):
         mask_ratio: float = 0.15,
     ):
         check_sizes(max_len=max_len, n_train=n_train, n_val=n_val, n_test=n_test)
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"task.mask_ratio={mask_ratio} must be in (0, 1)")
+        check_mask_ratio(mask_ratio)
         self.data_dir = None if data_dir in (None, "") else Path(data_dir).expanduser()
         self.limits = {"train": n_train, "val": n_val, "test": n_test}
         self.data_seed = data_seed

@@ -21,7 +21,18 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.base import BYTE_MASK, BYTE_PAD, DataError, Task, TaskSpec, byte_ids, check_sizes, ids_dataset, seeded_subset
+from tasks.base import (
+    BYTE_MASK,
+    BYTE_PAD,
+    DataError,
+    Task,
+    TaskSpec,
+    byte_ids,
+    check_mask_ratio,
+    check_sizes,
+    ids_dataset,
+    seeded_subset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +66,7 @@ class Text(Task):
             raise ValueError(f"task.val_from={val_from!r} is not one of test (as LRA), train (a held-out slice)")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"task.val_fraction={val_fraction} must be in (0, 1)")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"task.mask_ratio={mask_ratio} must be in (0, 1)")
+        check_mask_ratio(mask_ratio)
         self.source, self.hub_name = source, hub_name
         self.data_dir = None if data_dir in (None, "") else Path(data_dir).expanduser()
         self.val_from, self.val_fraction, self.data_seed = val_from, val_fraction, data_seed
