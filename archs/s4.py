@@ -31,10 +31,11 @@ from archs.ssm import SSMStack, hippo_legs_nplr, log_dt_init, ssm_param
 
 def cauchy_pairs(v: Tensor, z_num: Tensor, z_den: Tensor, lam: Tensor) -> Tensor:
     """sum over n of v_n · 2 / (z_num - z_den λ_n) over conjugate pairs, i.e. over the full state:
-    + conj(v_n) · 2 / (z_num - z_den conj(λ_n)).  v (..., H, N/2), z_* (M',), lam (H, N/2) -> (..., H, M')."""
+    + conj(v_n) · 2 / (z_num - z_den conj(λ_n)).  v (V, H, N/2), z_* (M',), lam (H, N/2) -> (V, H, M').
+    The (H, N/2, M') reciprocals, not the sums, are the cost: all V numerators share one pair."""
     r = 2 / (z_num - z_den * lam[..., None])  # (H, N/2, M')
     r_conj = 2 / (z_num - z_den * lam.conj()[..., None])
-    return torch.einsum("...hn,hnm->...hm", v, r) + torch.einsum("...hn,hnm->...hm", v.conj(), r_conj)
+    return torch.einsum("vhn,hnm->vhm", v, r) + torch.einsum("vhn,hnm->vhm", v.conj(), r_conj)
 
 
 class S4Kernel(nn.Module):
@@ -68,8 +69,10 @@ class S4Kernel(nn.Module):
         omega = torch.exp(-2j * math.pi * k / m).to(lam.dtype)  # (M/2+1): rfft frequencies suffice, K is real
         # 2 / ((2/dt)(1-ω) - (1+ω)λ) = dt · 2 / (2(1-ω) - (1+ω) dt λ): fold each channel's dt into λ.
         lam_dt, z_num, z_den = lam * dt, 2 * (1 - omega), 1 + omega
-        k_cb, k_cp, k_pb, k_pp = (cauchy_pairs(v, z_num, z_den, lam_dt) * dt
-                                  for v in (c * b, c * p, p.conj() * b, p.conj() * p))
+        channels = c.shape[0]
+        numerators = torch.cat([c * b, c * p, (p.conj() * b)[None], (p.conj() * p)[None]])  # (2c + 2, H, N/2)
+        k_cb, k_cp, k_pb, k_pp = (cauchy_pairs(numerators, z_num, z_den, lam_dt) * dt).split(
+            [channels, channels, 1, 1])
         half = (1 + omega) / 2
         k_hat = k_cb - half * k_cp * k_pb / (1 + half * k_pp)  # (c, H, M/2+1)
         return torch.fft.irfft(k_hat, n=m)[..., :length]

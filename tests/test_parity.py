@@ -1,7 +1,7 @@
 """Each fast path against a slow, obviously-correct reference: SSM convolution kernels against the
 unrolled recurrence of the discretized system, the FFT convolution against a direct sum, Mamba's
-PyTorch scan against a step-by-step loop, and (on a GPU with mamba-ssm) the fused kernels against
-the PyTorch path with the same weights."""
+PyTorch and compiled CPU scans against a step-by-step loop, and (on a GPU with mamba-ssm) the fused
+kernels against the PyTorch path with the same weights."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from archs import mamba_cpu
 from archs.mamba import Mamba, MambaMixer, fused_scan_available, selective_scan_torch
 from archs.s4 import S4Kernel
 from archs.s4d import S4DKernel
@@ -24,12 +25,13 @@ def full(v):
     return torch.cat([v, v.conj()], dim=-1)
 
 
-@pytest.mark.parametrize("channels", [1, 2])
-def test_s4_kernel_equals_unrolled_recurrence(channels):
+@pytest.mark.parametrize("channels, m", [(1, 50), (2, 50), (2, 51)])
+def test_s4_kernel_equals_unrolled_recurrence(channels, m):
     """K_l = C Ā^l B̄ with the dense bilinear discretization of A = Λ - P P^*, and C recovered from
-    the learned C̃ = C (I - Ā^M). M = max_len; the kernel is cut to shorter lengths."""
+    the learned C̃ = C (I - Ā^M). M = max_len, even (ω = -1 is a frequency) or odd; the kernel is
+    cut to shorter lengths."""
     torch.manual_seed(0)
-    h, n, m = 3, 8, 50
+    h, n = 3, 8
     kern = S4Kernel(h, channels, n, m, 0.01, 0.2, None).double()
     with torch.no_grad():  # move P away from its init so the low-rank term is exercised with other values
         kern.P.add_(0.3 * torch.randn_like(kern.P))
@@ -92,6 +94,9 @@ def reference_scan(u, delta, a, b, c):
     return torch.stack(ys, 1)
 
 
+needs_cpp = pytest.mark.skipif(bool(mamba_cpu.unavailable_reason()), reason="no C++ compiler for the CPU scan")
+
+
 @pytest.mark.parametrize("chunk", [1, 6, 64])
 def test_mamba_scan_matches_sequential_reference_forward_and_gradients(chunk):
     torch.manual_seed(0)
@@ -110,6 +115,30 @@ def test_mamba_scan_matches_sequential_reference_forward_and_gradients(chunk):
         torch.testing.assert_close(g, g_ref, atol=1e-11, rtol=1e-9, msg=f"gradient of {name}")
 
 
+@needs_cpp
+def test_mamba_cpp_scan_matches_sequential_reference_forward_and_gradients():
+    """The compiled scan with softplus, D and the silu(z) gate, as mamba-ssm's selective_scan_fn.
+    Odd sizes: e = 21 is a full block of 16 channels and a partial one; l = 150 spans two whole
+    64-step chunks and a partial one; z is a strided view, as in the model."""
+    torch.manual_seed(0)
+    bsz, length, e, n = 2, 150, 21, 4
+    x, dt, b, c = (torch.randn(bsz, length, k, dtype=torch.float64, requires_grad=True) for k in (e, e, n, n))
+    xz = torch.randn(bsz, length, 2 * e, dtype=torch.float64, requires_grad=True)
+    z = xz[..., e:]
+    a = (-torch.rand(e, n, dtype=torch.float64) * 3).requires_grad_()
+    d, dt_bias = (torch.randn(e, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    out = mamba_cpu.selective_scan_cpp(x, dt, a, b, c, d, z, dt_bias)
+    delta = torch.nn.functional.softplus(dt + dt_bias)
+    ref = (reference_scan(x, delta, a, b, c) + d * x) * torch.nn.functional.silu(z)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    weight = torch.randn_like(out)
+    inputs = [x, dt, a, b, c, d, xz, dt_bias]
+    grads = torch.autograd.grad((out * weight).sum(), inputs)
+    grads_ref = torch.autograd.grad((ref * weight).sum(), inputs)
+    for name, g, g_ref in zip("x dt A B C D xz dt_bias".split(), grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-9, msg=f"gradient of {name}")
+
+
 def test_mamba_mixer_has_mamba_ssm_parameter_names_and_shapes():
     """The names and shapes of mamba_ssm.Mamba(d_model=16, d_state=8, d_conv=4, expand=2), dt_rank 1:
     a state dict moves between the fused and the PyTorch implementation unchanged."""
@@ -123,14 +152,52 @@ def test_mamba_mixer_has_mamba_ssm_parameter_names_and_shapes():
     }
 
 
-def test_mamba_impl_is_recorded_and_cuda_is_never_a_silent_fallback():
+def test_mamba_impl_is_recorded_and_never_a_silent_fallback(tmp_path, monkeypatch, caplog):
     cfg = {"_target_": "archs.mamba.Mamba", "name": "mamba", "d_model": 16, "n_layers": 1}
     model = build_backbone(OmegaConf.create(cfg | {"impl": "auto"}), max_len=10)
     model(torch.randn(1, 10, 16))
-    assert model.impl == "torch"  # CPU tensors always take the PyTorch path
+    assert model.impl == ("torch" if mamba_cpu.unavailable_reason() else "cpp")
+    model = build_backbone(OmegaConf.create(cfg | {"impl": "torch"}), max_len=10)
+    model(torch.randn(1, 10, 16))
+    assert model.impl == "torch"
     if not fused_scan_available():
         with pytest.raises(ConfigError, match="impl=cuda needs a CUDA GPU and mamba-ssm"):
             build_backbone(OmegaConf.create(cfg | {"impl": "cuda"}), max_len=10)
+    # No compiler: impl=cpp is refused in one line; impl=auto says why and runs the PyTorch scan.
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("SPTBENCH_KERNEL_CACHE", str(tmp_path / "kernels"))
+    mamba_cpu.library.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="impl=cpp: no C\\+\\+ compiler .*no-such-compiler"):
+            build_backbone(OmegaConf.create(cfg | {"impl": "cpp"}), max_len=10)
+        model = build_backbone(OmegaConf.create(cfg | {"impl": "auto"}), max_len=10)
+        model(torch.randn(1, 10, 16))
+        model(torch.randn(1, 10, 16))
+        assert model.impl == "torch"
+        warnings = [r for r in caplog.records if "compiled CPU scan unavailable" in r.getMessage()]
+        assert len(warnings) == 1
+    finally:
+        mamba_cpu.library.cache_clear()
+
+
+@needs_cpp
+def test_mamba_cpp_and_torch_scans_give_one_model_the_same_outputs_and_gradients():
+    """Same weights, same results: a checkpoint moves between impl=cpp and impl=torch."""
+    torch.manual_seed(0)
+    cpp = Mamba(32, 2, max_len=50, impl="cpp")
+    ref = Mamba(32, 2, max_len=50, impl="torch")
+    ref.load_state_dict(cpp.state_dict())
+    x = torch.randn(3, 50, 32)
+    mask = torch.ones(3, 50, dtype=torch.bool)
+    mask[1, 30:] = False
+    outs = []
+    for model in (cpp, ref):
+        y = model(x, mask)
+        y.pow(2).sum().backward()
+        outs.append([y.detach()] + [p.grad for p in model.parameters()])
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert (cpp.impl, ref.impl) == ("cpp", "torch")
 
 
 @pytest.mark.skipif(not fused_scan_available(), reason="needs a CUDA GPU and mamba-ssm")
@@ -145,7 +212,7 @@ def test_mamba_fused_kernels_match_the_torch_path_on_cuda():
     theirs.load_state_dict(ours.state_dict())
     x = torch.randn(2, 300, 64, device="cuda", requires_grad=True)
     outs = {}
-    runs = (("theirs", lambda: theirs(x)), ("fused", lambda: ours(x, True)), ("torch", lambda: ours(x, False)))
+    runs = (("theirs", lambda: theirs(x)), ("fused", lambda: ours(x, "cuda")), ("torch", lambda: ours(x, "torch")))
     for name, run in runs:
         y = run()
         (grad_x,) = torch.autograd.grad(y.pow(2).sum(), [x])
