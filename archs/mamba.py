@@ -177,10 +177,13 @@ class MambaMixer(nn.Module):
     def forward(self, u: Tensor, scan: str) -> Tensor:
         """u (b, l, d) -> (b, l, d); scan is the implementation: "cuda", "cpp" or "torch"."""
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, e) each
-        x = F.silu(causal_depthwise_conv(x, self.conv1d.weight, self.conv1d.bias))
+        x = CausalConvSiLU.apply(x, self.conv1d.weight, self.conv1d.bias)
         dt, b, c = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = dt @ self.dt_proj.weight.T  # bias added with the softplus (inside the fused kernel on CUDA)
         a = -torch.exp(self.A_log.float())  # (e, n)
+        if scan == "cpp":  # the same computation as the fused CUDA call below, in one CPU kernel
+            y = mamba_cpu.selective_scan_cpp(x, dt, self.dt_proj.weight, a, b, c, self.D, z, self.dt_proj.bias)
+            return self.out_proj(y)
+        dt = dt @ self.dt_proj.weight.T  # bias added with the softplus (inside the fused kernel on CUDA)
         if scan == "cuda":
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
@@ -189,8 +192,6 @@ class MambaMixer(nn.Module):
                 c.transpose(1, 2).contiguous(), self.D.float(), z.transpose(1, 2),
                 delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
             ).transpose(1, 2)
-        elif scan == "cpp":  # the same computation as the fused CUDA call above, in one CPU kernel
-            y = mamba_cpu.selective_scan_cpp(x, dt, a, b, c, self.D, z, self.dt_proj.bias)
         else:
             delta = F.softplus(dt + self.dt_proj.bias)
             y = selective_scan_torch(x, delta, a, b, c, self.chunk) + x * self.D
@@ -208,6 +209,33 @@ def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     for j in range(1, k):
         y = torch.addcmul(y, padded[:, j : j + length], weight[:, 0, j])
     return y
+
+
+class CausalConvSiLU(torch.autograd.Function):
+    """silu(causal_depthwise_conv(x, weight, bias)), shapes as there. Keeps only x (a view of in_proj's
+    output, kept anyway) for the backward and recomputes the convolution there: storing its padded
+    input and its output would cost two (b, l, e) tensors per mixer for a few products."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return F.silu(causal_depthwise_conv(x, weight, bias))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias = ctx.saved_tensors
+        k, length = weight.shape[-1], x.shape[1]
+        pre = causal_depthwise_conv(x, weight, bias)
+        sig = torch.sigmoid(pre)
+        dpre = pre.mul_(1 - sig).add_(1).mul_(sig).mul_(dy)  # silu'(v) = σ(v) (1 + v (1 - σ(v)))
+        padded = F.pad(x, (0, 0, k - 1, 0))
+        dpadded = torch.zeros_like(padded)
+        dweight = torch.empty_like(weight)
+        for j in range(k):  # y_t gets weight_j x_{t-k+1+j}: x at padded position t+j
+            dpadded[:, j : j + length].addcmul_(dpre, weight[:, 0, j])
+            dweight[:, 0, j] = (dpre * padded[:, j : j + length]).sum((0, 1))
+        return dpadded[:, k - 1 :], dweight, dpre.sum((0, 1))
 
 
 def flip_within(x: Tensor, mask: Tensor | None) -> Tensor:

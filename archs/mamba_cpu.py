@@ -139,17 +139,19 @@ def rows_of(z: Tensor) -> tuple[Tensor, int]:
 
 
 class CppScan(torch.autograd.Function):
-    """out = (selective_scan(x, softplus(dt + dt_bias), A, B, C) + D x) · silu(z), as mamba-ssm's
-    selective_scan_fn(..., D, z, delta_bias, delta_softplus=True): x, dt, z (b, l, e); A (e, n);
-    B, C (b, l, n); D, dt_bias (e,) -> out (b, l, e). float32 or float64, CPU tensors.
+    """out = (selective_scan(x, softplus(dt + dt_bias), A, B, C) + D x) · silu(z) with dt = dt_low W^T,
+    as mamba-ssm's selective_scan_fn(..., D, z, delta_bias, delta_softplus=True): x, z (b, l, e);
+    dt_low (b, l, r), W (e, r); A (e, n); B, C (b, l, n); D, dt_bias (e,) -> out (b, l, e).
+    float32 or float64, CPU tensors.
 
-    Saves its inputs and the state at every chunk boundary (n·e·l/64 numbers per row); the backward
-    recomputes the states one chunk at a time."""
+    Saves its inputs and the state at every chunk boundary (n·e·l/64 numbers per row), and not dt:
+    the backward recomputes it (a rank-r product) and the states, one chunk at a time."""
 
     @staticmethod
-    def forward(ctx, x, dt, a, b, c, d, z, dt_bias):
+    def forward(ctx, x, dt_low, dt_weight, a, b, c, d, z, dt_bias):
         lib = library()
-        x, dt, a, b, c, d, dt_bias = (t.contiguous() for t in (x, dt, a, b, c, d, dt_bias))
+        x, a, b, c, d, dt_bias = (t.contiguous() for t in (x, a, b, c, d, dt_bias))
+        dt = dt_low @ dt_weight.T
         z, zs = rows_of(z)
         bsz, length, e = x.shape
         n = a.shape[1]
@@ -160,15 +162,16 @@ class CppScan(torch.autograd.Function):
         dims = [ctypes.c_long(v) for v in (bsz, length, e, n, zs)]
         run_tasks(getattr(lib, f"scan_forward_{suffix(x)}"), bsz * blocks,
                   *map(ptr, (x, dt, a, b, c, d, z, dt_bias, out, bounds)), *dims)
-        ctx.save_for_backward(x, dt, a, b, c, d, z, dt_bias, bounds)
+        ctx.save_for_backward(x, dt_low, dt_weight, a, b, c, d, z, dt_bias, bounds)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
         lib = library()
-        x, dt, a, b, c, d, z, dt_bias, bounds = ctx.saved_tensors
+        x, dt_low, dt_weight, a, b, c, d, z, dt_bias, bounds = ctx.saved_tensors
         dout = dout.contiguous()
+        dt = dt_low @ dt_weight.T
         z, zs = rows_of(z)
         bsz, length, e = x.shape
         n, blocks = a.shape[1], bounds.shape[1]
@@ -180,16 +183,19 @@ class CppScan(torch.autograd.Function):
         run_tasks(getattr(lib, f"scan_backward_{suffix(x)}"), bsz * blocks,
                   *map(ptr, (x, dt, a, b, c, d, z, dt_bias, bounds, dout, dx, ddt, dz, da_part, db_part, dc_part,
                              dd_part, dbias_part)), *dims)
-        return dx, ddt, da_part.sum(0), db_part.sum(0), dc_part.sum(0), dd_part.sum(0), dz, dbias_part.sum(0)
+        d_dt_low = ddt @ dt_weight
+        d_dt_weight = ddt.reshape(-1, e).T @ dt_low.reshape(-1, dt_low.shape[-1])
+        return (dx, d_dt_low, d_dt_weight, da_part.sum(0), db_part.sum(0), dc_part.sum(0), dd_part.sum(0), dz,
+                dbias_part.sum(0))
 
 
 def suffix(t: Tensor) -> str:
     return "f64" if t.dtype == torch.float64 else "f32"
 
 
-def selective_scan_cpp(x: Tensor, dt: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor, z: Tensor,
-                       dt_bias: Tensor) -> Tensor:
-    """(scan(x, softplus(dt + dt_bias), A, B, C) + D x) · silu(z) with the compiled kernel, computed in
-    float32 (float64 if x is) and returned in x's dtype. Shapes as in CppScan."""
+def selective_scan_cpp(x: Tensor, dt_low: Tensor, dt_weight: Tensor, a: Tensor, b: Tensor, c: Tensor, d: Tensor,
+                       z: Tensor, dt_bias: Tensor) -> Tensor:
+    """(scan(x, softplus(dt_low W^T + dt_bias), A, B, C) + D x) · silu(z) with the compiled kernel, in
+    float32 (float64 if x is), returned in x's dtype. Shapes as in CppScan."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return CppScan.apply(*(t.to(dtype) for t in (x, dt, a, b, c, d, z, dt_bias))).to(x.dtype)
+    return CppScan.apply(*(t.to(dtype) for t in (x, dt_low, dt_weight, a, b, c, d, z, dt_bias))).to(x.dtype)

@@ -121,22 +121,35 @@ def test_mamba_cpp_scan_matches_sequential_reference_forward_and_gradients():
     Odd sizes: e = 21 is a full block of 16 channels and a partial one; l = 150 spans two whole
     64-step chunks and a partial one; z is a strided view, as in the model."""
     torch.manual_seed(0)
-    bsz, length, e, n = 2, 150, 21, 4
-    x, dt, b, c = (torch.randn(bsz, length, k, dtype=torch.float64, requires_grad=True) for k in (e, e, n, n))
+    bsz, length, e, n, r = 2, 150, 21, 4, 3
+    x, dt_low, b, c = (torch.randn(bsz, length, k, dtype=torch.float64, requires_grad=True) for k in (e, r, n, n))
+    dt_weight = torch.randn(e, r, dtype=torch.float64, requires_grad=True)
     xz = torch.randn(bsz, length, 2 * e, dtype=torch.float64, requires_grad=True)
     z = xz[..., e:]
     a = (-torch.rand(e, n, dtype=torch.float64) * 3).requires_grad_()
     d, dt_bias = (torch.randn(e, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    out = mamba_cpu.selective_scan_cpp(x, dt, a, b, c, d, z, dt_bias)
-    delta = torch.nn.functional.softplus(dt + dt_bias)
+    out = mamba_cpu.selective_scan_cpp(x, dt_low, dt_weight, a, b, c, d, z, dt_bias)
+    delta = torch.nn.functional.softplus(dt_low @ dt_weight.T + dt_bias)
     ref = (reference_scan(x, delta, a, b, c) + d * x) * torch.nn.functional.silu(z)
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
     weight = torch.randn_like(out)
-    inputs = [x, dt, a, b, c, d, xz, dt_bias]
+    inputs = [x, dt_low, dt_weight, a, b, c, d, xz, dt_bias]
     grads = torch.autograd.grad((out * weight).sum(), inputs)
     grads_ref = torch.autograd.grad((ref * weight).sum(), inputs)
-    for name, g, g_ref in zip("x dt A B C D xz dt_bias".split(), grads, grads_ref):
+    for name, g, g_ref in zip("x dt_low dt_weight A B C D xz dt_bias".split(), grads, grads_ref):
         torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-9, msg=f"gradient of {name}")
+
+
+def test_mamba_causal_conv_equals_conv1d_and_its_gradients_are_exact():
+    """The shifted-product convolution (with its SiLU and hand-written backward) against nn.Conv1d."""
+    from archs.mamba import CausalConvSiLU
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
+    conv = torch.nn.Conv1d(5, 5, 4, groups=5, padding=3).double()
+    ref = torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :13]).transpose(1, 2)
+    torch.testing.assert_close(CausalConvSiLU.apply(x, conv.weight, conv.bias), ref)
+    assert torch.autograd.gradcheck(CausalConvSiLU.apply, (x, conv.weight, conv.bias))
 
 
 def test_mamba_mixer_has_mamba_ssm_parameter_names_and_shapes():
