@@ -13,9 +13,13 @@ function at the roots of unity cheap (paper, Lemma C.3 with the Woodbury identit
     k_ab(ω) = sum_n a_n b_n · 2 / ((2/dt)(1-ω) - (1+ω) Λ_n)      (a Cauchy kernel)
 and K = inverse FFT of K̂. Writing 2/(1+ω) into the denominator keeps ω = -1 finite. Because C̃
 is tied to M, the kernel is always computed at M = max_len and cut to the batch's length: a short
-batch sees exactly the first L taps a long one sees. The Cauchy sums run in plain PyTorch
-(memory H × N/2 × M/2 complex numbers per layer); a custom CUDA or KeOps Cauchy kernel, as in
-the authors' code, would cut that memory but is not needed for correctness.
+batch sees exactly the first L taps a long one sees.
+
+The Cauchy sums are the cost, O(H · N · M) per step whatever the batch. `impl` picks how:
+- `cpp`: archs/s4_cauchy.cpp, compiled on first use (archs/cpu_kernels.py), CPU tensors; makes
+  each reciprocal in registers (the authors use a CUDA or KeOps kernel for the same reason);
+- `torch`: plain PyTorch, any device; holds H × N/2 × M/2 complex numbers per layer;
+- `auto`: `cpp` for CPU tensors when it builds, else `torch`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,14 @@ import math
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
+from archs import cpu_kernels
 from archs.base import check_length
 from archs.ssm import SSMStack, hippo_legs_nplr, log_dt_init, ssm_param
+
+IMPLS = ("auto", "cpp", "torch")
+KERNEL = "s4_cauchy"
 
 
 def cauchy_pairs(v: Tensor, z_num: Tensor, z_den: Tensor, lam: Tensor) -> Tensor:
@@ -38,14 +47,50 @@ def cauchy_pairs(v: Tensor, z_num: Tensor, z_den: Tensor, lam: Tensor) -> Tensor
     return torch.einsum("vhn,hnm->vhm", v, r) + torch.einsum("vhn,hnm->vhm", v.conj(), r_conj)
 
 
+class CppCauchy(torch.autograd.Function):
+    """cauchy_pairs with the compiled kernel: v (V, H, N/2), lam (H, N/2) complex64/128 CPU tensors, the
+    kernel length m -> (V, H, m//2 + 1). Keeps only its inputs; the backward remakes the reciprocals."""
+
+    @staticmethod
+    def forward(ctx, v, lam, m: int):
+        lib = cpu_kernels.library(KERNEL)
+        real = torch.float64 if v.dtype == torch.complex128 else torch.float32
+        vr, vi, lr, li = (t.to(real).contiguous() for t in (v.real, v.imag, lam.real, lam.imag))
+        (nv, h, n2), freqs = v.shape, m // 2 + 1
+        out_r, out_i = vr.new_empty(nv, h, freqs), vr.new_empty(nv, h, freqs)
+        cpu_kernels.run_tasks(getattr(lib, f"cauchy_forward_{suffix(real)}"), h,
+                              *map(cpu_kernels.ptr, (vr, vi, lr, li, out_r, out_i)), *cpu_kernels.longs(nv, h, n2, m))
+        ctx.save_for_backward(vr, vi, lr, li)
+        ctx.m = m
+        return torch.complex(out_r, out_i)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        lib = cpu_kernels.library(KERNEL)
+        vr, vi, lr, li = ctx.saved_tensors
+        gr, gi = (t.to(vr.dtype).contiguous() for t in (grad.real, grad.imag))
+        gvr, gvi, glr, gli = (torch.empty_like(t) for t in (vr, vi, lr, li))
+        nv, h, n2 = vr.shape
+        cpu_kernels.run_tasks(getattr(lib, f"cauchy_backward_{suffix(vr.dtype)}"), h,
+                              *map(cpu_kernels.ptr, (vr, vi, lr, li, gr, gi, gvr, gvi, glr, gli)),
+                              *cpu_kernels.longs(nv, h, n2, ctx.m))
+        return torch.complex(gvr, gvi), torch.complex(glr, gli), None
+
+
+def suffix(dtype: torch.dtype) -> str:
+    return "f64" if dtype == torch.float64 else "f32"
+
+
 class S4Kernel(nn.Module):
     """length L (<= max_len) -> kernels (c, H, L), computed at max_len and cut."""
 
     def __init__(self, d_model: int, channels: int, d_state: int, max_len: int, dt_min: float, dt_max: float,
-                 ssm_lr: float | None):
+                 ssm_lr: float | None, impl: str = "torch", used: set | None = None):
         super().__init__()
         lam, p, b = hippo_legs_nplr(d_state)
-        self.max_len = max_len
+        self.max_len, self.impl = max_len, impl
+        self.used = set() if used is None else used  # implementations that ran (shared with the S4 stack)
         rep = (d_model, 1)
         self.log_dt = ssm_param(log_dt_init(d_model, dt_min, dt_max), ssm_lr)  # (H)
         self.log_A_real = ssm_param(torch.log(-lam.real).float().repeat(*rep), ssm_lr)  # (H, N/2), Re Λ < 0
@@ -71,11 +116,23 @@ class S4Kernel(nn.Module):
         lam_dt, z_num, z_den = lam * dt, 2 * (1 - omega), 1 + omega
         channels = c.shape[0]
         numerators = torch.cat([c * b, c * p, (p.conj() * b)[None], (p.conj() * p)[None]])  # (2c + 2, H, N/2)
-        k_cb, k_cp, k_pb, k_pp = (cauchy_pairs(numerators, z_num, z_den, lam_dt) * dt).split(
-            [channels, channels, 1, 1])
+        if self.cauchy_impl(dt) == "cpp":
+            sums = CppCauchy.apply(numerators, lam_dt, m)
+        else:
+            sums = cauchy_pairs(numerators, z_num, z_den, lam_dt)
+        k_cb, k_cp, k_pb, k_pp = (sums * dt).split([channels, channels, 1, 1])
         half = (1 + omega) / 2
         k_hat = k_cb - half * k_cp * k_pb / (1 + half * k_pp)  # (c, H, M/2+1)
         return torch.fft.irfft(k_hat, n=m)[..., :length]
+
+    def cauchy_impl(self, like: Tensor) -> str:
+        """"cpp" or "torch" for parameters on like's device, recorded in `used`."""
+        if self.impl == "cpp" and like.is_cuda:
+            raise ValueError("impl=cpp is the CPU kernel but the model is on CUDA: set impl=torch or auto")
+        cpp = self.impl == "cpp" or (self.impl == "auto" and not like.is_cuda
+                                     and cpu_kernels.unavailable_reason(KERNEL) is None)
+        self.used.add("cpp" if cpp else "torch")
+        return "cpp" if cpp else "torch"
 
 
 class S4(SSMStack):
@@ -83,9 +140,24 @@ class S4(SSMStack):
 
     def __init__(self, d_model: int, n_layers: int, dropout: float = 0.0, *, max_len: int, d_state: int = 64,
                  bidirectional: bool = True, dt_min: float = 0.001, dt_max: float = 0.1,
-                 ssm_lr: float | None = 0.001):
+                 ssm_lr: float | None = 0.001, impl: str = "auto"):
+        if impl not in IMPLS:
+            raise ValueError(f"impl={impl!r} is not one of {', '.join(IMPLS)}")
+        if impl == "cpp" and (reason := cpu_kernels.unavailable_reason(KERNEL)):
+            raise ValueError(f"impl=cpp: {reason}; or use impl=torch")
+        self.impl_requested, self.used = impl, set()  # read by make_kernel, during super().__init__
         super().__init__(d_model, n_layers, dropout, max_len=max_len, d_state=d_state, bidirectional=bidirectional,
                          dt_min=dt_min, dt_max=dt_max, ssm_lr=ssm_lr)
 
+    @property
+    def impl(self) -> str:
+        """What computed the Cauchy sums ("cpp", "torch", or "cpp+torch"); before any forward, what
+        would on the CPU."""
+        if self.used:
+            return "+".join(sorted(self.used))
+        auto_cpp = self.impl_requested == "auto" and cpu_kernels.unavailable_reason(KERNEL) is None
+        return "cpp" if self.impl_requested == "cpp" or auto_cpp else "torch"
+
     def make_kernel(self, d_model: int, channels: int) -> nn.Module:
-        return S4Kernel(d_model, channels, self.d_state, self.max_len, self.dt_min, self.dt_max, self.ssm_lr)
+        return S4Kernel(d_model, channels, self.d_state, self.max_len, self.dt_min, self.dt_max, self.ssm_lr,
+                        self.impl_requested, self.used)

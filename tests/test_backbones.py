@@ -31,7 +31,9 @@ def flipped_direction(arch: str) -> dict:
 # Options worth covering beyond each YAML's defaults: (arch, overrides).
 VARIANTS = [(a, {}) for a in ARCHS] + [(a, flipped_direction(a)) for a in ARCHS if flipped_direction(a)] + [
     ("transformer", {"pos": p}) for p in ("learned", "sinusoidal", "rotary")
-] + [("s4d", {"init": i}) for i in ("lin", "legs")] + [("mamba", {"impl": "torch", "chunk_size": 7})]
+] + [("s4d", {"init": i}) for i in ("lin", "legs")] + [
+    ("mamba", {"impl": "torch", "chunk_size": 7}), ("s4", {"impl": "torch"})  # the PyTorch paths; default is cpp
+]
 
 
 def config(arch: str, **overrides):
@@ -240,7 +242,7 @@ def test_every_backbone_runs_both_recipes_end_to_end(arch, flip, tmp_path):
                  "pretrain.max_steps=3", "finetune.max_steps=3", "pretrain.eval_every=3", "finetune.eval_every=3"]
     result = experiment.run(make_cfg(overrides, tmp_path), tmp_path / "run")
     assert result["status"] == "ok" and 0 <= result["metrics"]["test_acc"] <= 1
-    assert result["impl"] == ("cpp" if arch == "mamba" and not mamba_cpu.unavailable_reason() else "torch")
+    assert result["impl"] == ("cpp" if arch in ("mamba", "s4") and not mamba_cpu.unavailable_reason() else "torch")
     assert result["steps"] == {"pretrain": 3, "finetune": 3}
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from archs import mamba_cpu
+from archs import cpu_kernels, mamba_cpu
 from archs.mamba import Mamba, MambaMixer, fused_scan_available, selective_scan_torch
-from archs.s4 import S4Kernel
+from archs.s4 import S4, S4Kernel
 from archs.s4d import S4DKernel
 from archs.ssm import fft_conv
 from recipes.errors import ConfigError
@@ -25,14 +25,18 @@ def full(v):
     return torch.cat([v, v.conj()], dim=-1)
 
 
+needs_cpp = pytest.mark.skipif(bool(mamba_cpu.unavailable_reason()), reason="no C++ compiler for the CPU kernels")
+
+
+@pytest.mark.parametrize("impl", ["torch", pytest.param("cpp", marks=needs_cpp)])
 @pytest.mark.parametrize("channels, m", [(1, 50), (2, 50), (2, 51)])
-def test_s4_kernel_equals_unrolled_recurrence(channels, m):
+def test_s4_kernel_equals_unrolled_recurrence(channels, m, impl):
     """K_l = C Ā^l B̄ with the dense bilinear discretization of A = Λ - P P^*, and C recovered from
     the learned C̃ = C (I - Ā^M). M = max_len, even (ω = -1 is a frequency) or odd; the kernel is
-    cut to shorter lengths."""
+    cut to shorter lengths. Both ways of computing the Cauchy sums."""
     torch.manual_seed(0)
     h, n = 3, 8
-    kern = S4Kernel(h, channels, n, m, 0.01, 0.2, None).double()
+    kern = S4Kernel(h, channels, n, m, 0.01, 0.2, None, impl).double()
     with torch.no_grad():  # move P away from its init so the low-rank term is exercised with other values
         kern.P.add_(0.3 * torch.randn_like(kern.P))
     k = kern(m)  # (c, H, M)
@@ -51,6 +55,19 @@ def test_s4_kernel_equals_unrolled_recurrence(channels, m):
                 taps.append((c_true @ x).real)
                 x = a_bar @ x
             torch.testing.assert_close(k[d, ch], torch.stack(taps), atol=1e-12, rtol=1e-9)
+    assert kern.used == {impl}
+
+
+@needs_cpp
+def test_s4_cpp_cauchy_gradients_are_exact():
+    from archs.s4 import CppCauchy
+
+    torch.manual_seed(0)
+    v = torch.randn(3, 4, 5, dtype=torch.complex128, requires_grad=True)
+    lam = torch.complex(-torch.rand(4, 5, dtype=torch.float64) - 0.1, torch.randn(4, 5, dtype=torch.float64))
+    lam.requires_grad_()
+    for m in (12, 13):  # with and without the frequency ω = -1
+        assert torch.autograd.gradcheck(lambda v, lam, m=m: CppCauchy.apply(v, lam, m), (v, lam))
 
 
 @pytest.mark.parametrize("init", ["lin", "inv", "legs"])
@@ -94,7 +111,6 @@ def reference_scan(u, delta, a, b, c):
     return torch.stack(ys, 1)
 
 
-needs_cpp = pytest.mark.skipif(bool(mamba_cpu.unavailable_reason()), reason="no C++ compiler for the CPU scan")
 
 
 @pytest.mark.parametrize("chunk", [1, 6, 64])
@@ -179,10 +195,12 @@ def test_mamba_impl_is_recorded_and_never_a_silent_fallback(tmp_path, monkeypatc
     # No compiler: impl=cpp is refused in one line; impl=auto says why and runs the PyTorch scan.
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("SPTBENCH_KERNEL_CACHE", str(tmp_path / "kernels"))
-    mamba_cpu.library.cache_clear()
+    cpu_kernels.library.cache_clear()
     try:
-        with pytest.raises(ConfigError, match="impl=cpp: no C\\+\\+ compiler .*no-such-compiler"):
-            build_backbone(OmegaConf.create(cfg | {"impl": "cpp"}), max_len=10)
+        for arch in ("mamba", "s4"):
+            with pytest.raises(ConfigError, match="impl=cpp: no C\\+\\+ compiler .*no-such-compiler"):
+                build_backbone(OmegaConf.create(cfg | {"_target_": f"archs.{arch}.{arch.capitalize()}", "name": arch,
+                                                       "impl": "cpp"}), max_len=10)
         model = build_backbone(OmegaConf.create(cfg | {"impl": "auto"}), max_len=10)
         model(torch.randn(1, 10, 16))
         model(torch.randn(1, 10, 16))
@@ -190,15 +208,16 @@ def test_mamba_impl_is_recorded_and_never_a_silent_fallback(tmp_path, monkeypatc
         warnings = [r for r in caplog.records if "compiled CPU scan unavailable" in r.getMessage()]
         assert len(warnings) == 1
     finally:
-        mamba_cpu.library.cache_clear()
+        cpu_kernels.library.cache_clear()
 
 
 @needs_cpp
-def test_mamba_cpp_and_torch_scans_give_one_model_the_same_outputs_and_gradients():
+@pytest.mark.parametrize("arch", [Mamba, S4])
+def test_cpp_and_torch_paths_give_one_model_the_same_outputs_and_gradients(arch):
     """Same weights, same results: a checkpoint moves between impl=cpp and impl=torch."""
     torch.manual_seed(0)
-    cpp = Mamba(32, 2, max_len=50, impl="cpp")
-    ref = Mamba(32, 2, max_len=50, impl="torch")
+    cpp = arch(32, 2, max_len=50, impl="cpp")
+    ref = arch(32, 2, max_len=50, impl="torch")
     ref.load_state_dict(cpp.state_dict())
     x = torch.randn(3, 50, 32)
     mask = torch.ones(3, 50, dtype=torch.bool)
