@@ -8,6 +8,7 @@ A sweep (-m) runs every job whatever happens to the others, builds the report in
 
 import hashlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -88,6 +89,8 @@ if __name__ == "__main__":
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run folder and its run.log
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.callbacks.report.enabled=false"]
     main()
     from reports import hook  # loaded by Hydra when a sweep configured the report callback
 
