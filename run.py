@@ -9,7 +9,9 @@ A sweep (-m) runs every job whatever happens to the others, builds the report in
 import hashlib
 import logging
 import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -19,6 +21,27 @@ CONF = Path(__file__).resolve().parent / "conf"
 GROUPS = ("arch", "task", "recipe", "experiment")
 log = logging.getLogger("sptbench")
 FAILED: list[str] = []  # jobs of a multirun that did not succeed; the sweep goes on, then exits 1
+# A launcher such as submitit runs each job in another process, or on another machine, where FAILED is
+# a copy: such a job also leaves its line in FAILED_DIR, read when the sweep ends. The folder is under
+# the working directory, which SLURM jobs share with the process that submitted them.
+LAUNCHER_PID = os.getpid()
+FAILED_DIR = Path.cwd() / ".sptbench_failed" / f"{LAUNCHER_PID}-{time.time_ns()}"
+
+
+def job_failed(line: str, job_num: int) -> None:
+    FAILED.append(line)
+    if os.getpid() != LAUNCHER_PID:
+        FAILED_DIR.mkdir(parents=True, exist_ok=True)
+        (FAILED_DIR / f"{job_num}.txt").write_text(line)
+
+
+def collect_failed() -> None:
+    """Add the lines jobs in other processes left in FAILED_DIR to FAILED, then remove it."""
+    if FAILED_DIR.is_dir():
+        FAILED.extend(p.read_text() for p in sorted(FAILED_DIR.glob("*.txt"), key=lambda p: int(p.stem)))
+        shutil.rmtree(FAILED_DIR)
+        if not any(FAILED_DIR.parent.iterdir()):
+            FAILED_DIR.parent.rmdir()
 
 
 def folder_name(overrides: str) -> str:
@@ -66,12 +89,12 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
-        FAILED.append(f"{hc.runtime.output_dir}: {exc}")
+        job_failed(f"{hc.runtime.output_dir}: {exc}", hc.job.num)
     except TrainingDiverged as exc:
         print(f"failed: {exc} (recorded in result.json)", file=sys.stderr)
         if not multirun:
             sys.exit(1)
-        FAILED.append(f"{hc.runtime.output_dir}: {exc}")
+        job_failed(f"{hc.runtime.output_dir}: {exc}", hc.job.num)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
@@ -81,7 +104,7 @@ def main(cfg: DictConfig) -> None:
         # Recorded as failed in result.json by experiment.run; the traceback goes to the job's run.log.
         # Hydra would stop the sweep here (and skip its report); the other jobs deserve to run.
         log.exception("job failed: %s: %s", type(exc).__name__, exc)
-        FAILED.append(f"{hc.runtime.output_dir}: {type(exc).__name__}: {exc}")
+        job_failed(f"{hc.runtime.output_dir}: {type(exc).__name__}: {exc}", hc.job.num)
 
 
 if __name__ == "__main__":
@@ -92,6 +115,7 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run folder and its run.log
         sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.callbacks.report.enabled=false"]
     main()
+    collect_failed()
     from reports import hook  # loaded by Hydra when a sweep configured the report callback
 
     if FAILED:
