@@ -68,11 +68,23 @@ def hardware(device: torch.device, compute: Compute, impl: str | None = None) ->
     if device.type == "cuda":
         name, count = torch.cuda.get_device_name(device), distributed.world()
     else:
-        name, count = platform.processor() or platform.machine() or "cpu", 0
+        name, count = cpu_name(), 0
     return {"device": device.type, "name": name, "gpus": count, "world_size": distributed.world(),
             "threads": torch.get_num_threads(), "precision": compute.precision, "compile": compute.compile,
             "micro_batch_size": compute.micro_batch_size, "num_workers": compute.num_workers,
             "pin_memory": compute.pin_memory, "torch": torch.__version__, "cuda": torch.version.cuda}
+
+
+def cpu_name() -> str:
+    """The processor's model name ('AMD EPYC 7B13'); platform.processor() is often just 'x86_64'."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 class _Batches(Dataset):
