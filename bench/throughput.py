@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--d-model", type=int, help=f"default: {DEFAULTS['d_model']}")
     ap.add_argument("--n-layers", type=int, help=f"default: {DEFAULTS['n_layers']}")
     ap.add_argument("--paper", action="store_true", help=f"paper-scale defaults instead: {PAPER}")
-    ap.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="autocast: auto = bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                    help="autocast: auto = bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense peak (TFLOP/s) for the FLOP share; "
                     "default: the data sheet for known GPUs, else measured")
     ap.add_argument("--mamba-impls", nargs="+", choices=["auto", "cuda", "torch"],

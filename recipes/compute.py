@@ -36,6 +36,9 @@ class Compute:
         return nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
+PLAIN = Compute()  # fp32, one forward per share, batches built in the training process
+
+
 def resolve(cfg: DictConfig, device: torch.device) -> Compute:
     """conf `compute:` -> Compute, with `auto` decided for `device`; bad values as one line."""
     precision = cfg.precision

@@ -47,7 +47,7 @@ class Context:
     seed: int
     identity: dict  # stored in every checkpoint of this run; a mismatch refuses to resume
     progress: bool
-    compute: compute.Compute = compute.Compute()  # precision, compile, micro-batches, loading
+    compute: compute.Compute = compute.PLAIN  # precision, compile, micro-batches, loading
 
 
 def digest(obj) -> str:

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from recipes import checkpoint, distributed
-from recipes.compute import Compute, batches
+from recipes.compute import PLAIN, Compute, batches
 from recipes.errors import CheckpointError, TrainingDiverged
 from tasks.base import TokenSplit
 
@@ -76,7 +76,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, split: TokenSplit, batch_size: int, pad_id: int,
-             device: torch.device, compute: Compute = Compute()) -> dict:
+             device: torch.device, compute: Compute = PLAIN) -> dict:
     """Mean loss (weighted by counted items) and accuracy over a whole split. Under DDP each rank
     evaluates every world()-th batch and the sums are added up: each example counts exactly once."""
     was_training = model.training
@@ -132,7 +132,7 @@ def accumulate(stage: Stage, model: nn.Module, pieces: list, empty: bool, loaded
 
 def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_dir: Path, *, seed: int,
         identity: dict, pad_id: int, device: torch.device, log_path: Path, prefix_rows: list[dict] = (),
-        progress: bool = True, compute: Compute = Compute()) -> dict:
+        progress: bool = True, compute: Compute = PLAIN) -> dict:
     """Train `stage.model` in place, leave it holding the best validation weights, return a summary.
     Under torchrun every rank calls this; `hp.batch_size` is the global batch, and rank 0 alone writes."""
     out_dir = Path(out_dir)
