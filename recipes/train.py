@@ -9,6 +9,11 @@ Determinism and resume: batch order for epoch e is a permutation seeded by (seed
 torch RNG state (dropout, masking) is saved with each checkpoint, so a run resumed from step s
 continues exactly as the uninterrupted one would have (bitwise on CPU).
 
+Data parallelism (torchrun, recipes/distributed.py): `batch_size` is the global batch. Every rank
+walks the same global order and trains on its share of each batch, in micro-batches when
+`compute.micro_batch_size` is set; gradients are weighted so that a step equals one process's step
+on the whole batch (see `accumulate`), metrics are summed over ranks, and rank 0 alone writes files.
+
 Files in `out_dir`: last.pt (full state, for resume), best.pt (weights of the best validation
 score), done.json (summary, written when the stage completes), and the metrics log `log_path`.
 """
