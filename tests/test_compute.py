@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from archs.transformer import Transformer
-from recipes import experiment
+from recipes import compute, experiment
 from recipes.compute import Compute
 from recipes.errors import ConfigError
 from tests.conftest import make_cfg, tiny
 from tests.test_recipes import rows
 
-QUICK = ["finetune.max_steps=12", "finetune.eval_every=6"]
+QUICK = ["finetune.max_steps=12", "finetune.eval_every=6", "task.n_train=300", "task.n_val=100", "task.n_test=100"]
 
 
 def test_loader_workers_and_micro_batches_train_like_the_plain_loop(tmp_path):
@@ -38,8 +38,8 @@ def test_bf16_autocast_runs_on_cpu_and_is_recorded(tmp_path):
     assert math.isfinite(result["metrics"]["test_loss"])
     with Compute(precision="bf16").autocast(torch.device("cpu")):
         assert torch.nn.Linear(4, 4)(torch.randn(2, 4)).dtype == torch.bfloat16  # the matmuls really run in bf16
-    auto = experiment.run(make_cfg(tiny("supervised", *QUICK), tmp_path), tmp_path / "auto")
-    assert auto["hardware"]["precision"] == "fp32"  # auto on CPU
+    cpu = torch.device("cpu")
+    assert compute.resolve(make_cfg(tiny("supervised"), tmp_path).compute, cpu).precision == "fp32"  # auto on CPU
 
 
 @pytest.mark.parametrize("override, message", [
