@@ -72,6 +72,19 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+def check_launcher(argv: list[str]) -> str | None:
+    """A cluster launcher without its plugin as one line, before Hydra's multi-line message."""
+    import importlib.util
+
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        if group == "hydra/launcher" and (value == "slurm" or value.startswith("submitit")):
+            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+                return (f"hydra/launcher={value} needs Hydra's submitit launcher: pip install -e \".[cluster]\" "
+                        "(or pip install hydra-submitit-launcher)")
+    return None
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
@@ -108,7 +121,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    problem = check_group_choices(sys.argv[1:])
+    problem = check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

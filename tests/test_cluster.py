@@ -36,3 +36,16 @@ def test_example_slurm_launcher_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.partition == "gpu" and launcher.gpus_per_node == 1 and launcher.tasks_per_node == 1
+
+
+def test_cluster_launcher_without_its_plugin_is_one_line(monkeypatch):
+    import importlib.util
+
+    from run import check_launcher
+
+    assert check_launcher(["-m", "hydra/launcher=slurm", "seed=0,1"]) is None  # installed here (dev extra)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert check_launcher(["-m", "hydra/launcher=slurm"]) == (
+        'hydra/launcher=slurm needs Hydra\'s submitit launcher: pip install -e ".[cluster]" '
+        "(or pip install hydra-submitit-launcher)")
+    assert check_launcher(["-m", "hydra/launcher=basic"]) is None
