@@ -3,7 +3,9 @@
 Wiring only: Hydra composes conf/, recipes.experiment.run does the work. Mistakes the user can
 fix end as one `error:` line and exit status 2; a diverged run is recorded and exits 1.
 A sweep (-m) runs every job whatever happens to the others, builds the report in the sweep folder
-(reports/hook.py, `hydra.callbacks.report`), then exits 1 if any job or the report failed.
+(reports/hook.py, `hydra.callbacks.report`), then exits 1 if any job or the report failed — also
+with `hydra/launcher=slurm` or `submitit_local`, whose jobs run in other processes (FAILED_DIR).
+Under torchrun every rank runs this file; ranks other than 0 write no Hydra files and no report.
 """
 
 import hashlib
