@@ -3,12 +3,17 @@
 Wiring only: Hydra composes conf/, recipes.experiment.run does the work. Mistakes the user can
 fix end as one `error:` line and exit status 2; a diverged run is recorded and exits 1.
 A sweep (-m) runs every job whatever happens to the others, builds the report in the sweep folder
-(reports/hook.py, `hydra.callbacks.report`), then exits 1 if any job or the report failed.
+(reports/hook.py, `hydra.callbacks.report`), then exits 1 if any job or the report failed — also
+with `hydra/launcher=slurm` or `submitit_local`, whose jobs run in other processes (FAILED_DIR).
+Under torchrun every rank runs this file; ranks other than 0 write no Hydra files and no report.
 """
 
 import hashlib
 import logging
+import os
+import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -18,6 +23,27 @@ CONF = Path(__file__).resolve().parent / "conf"
 GROUPS = ("arch", "task", "recipe", "experiment")
 log = logging.getLogger("sptbench")
 FAILED: list[str] = []  # jobs of a multirun that did not succeed; the sweep goes on, then exits 1
+# A launcher such as submitit runs each job in another process, or on another machine, where FAILED is
+# a copy: such a job also leaves its line in FAILED_DIR, read when the sweep ends. The folder is under
+# the working directory, which SLURM jobs share with the process that submitted them.
+LAUNCHER_PID = os.getpid()
+FAILED_DIR = Path.cwd() / ".sptbench_failed" / f"{LAUNCHER_PID}-{time.time_ns()}"
+
+
+def job_failed(line: str, job_num: int) -> None:
+    FAILED.append(line)
+    if os.getpid() != LAUNCHER_PID:
+        FAILED_DIR.mkdir(parents=True, exist_ok=True)
+        (FAILED_DIR / f"{job_num}.txt").write_text(line)
+
+
+def collect_failed() -> None:
+    """Add the lines jobs in other processes left in FAILED_DIR to FAILED, then remove it."""
+    if FAILED_DIR.is_dir():
+        FAILED.extend(p.read_text() for p in sorted(FAILED_DIR.glob("*.txt"), key=lambda p: int(p.stem)))
+        shutil.rmtree(FAILED_DIR)
+        if not any(FAILED_DIR.parent.iterdir()):
+            FAILED_DIR.parent.rmdir()
 
 
 def folder_name(overrides: str) -> str:
@@ -48,6 +74,19 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+def check_launcher(argv: list[str]) -> str | None:
+    """A cluster launcher without its plugin as one line, before Hydra's multi-line message."""
+    import importlib.util
+
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        if group == "hydra/launcher" and (value == "slurm" or value.startswith("submitit")):
+            if importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None:
+                return (f"hydra/launcher={value} needs Hydra's submitit launcher: pip install -e \".[cluster]\" "
+                        "(or pip install hydra-submitit-launcher)")
+    return None
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
@@ -65,12 +104,12 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
-        FAILED.append(f"{hc.runtime.output_dir}: {exc}")
+        job_failed(f"{hc.runtime.output_dir}: {exc}", hc.job.num)
     except TrainingDiverged as exc:
         print(f"failed: {exc} (recorded in result.json)", file=sys.stderr)
         if not multirun:
             sys.exit(1)
-        FAILED.append(f"{hc.runtime.output_dir}: {exc}")
+        job_failed(f"{hc.runtime.output_dir}: {exc}", hc.job.num)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
@@ -80,15 +119,18 @@ def main(cfg: DictConfig) -> None:
         # Recorded as failed in result.json by experiment.run; the traceback goes to the job's run.log.
         # Hydra would stop the sweep here (and skip its report); the other jobs deserve to run.
         log.exception("job failed: %s: %s", type(exc).__name__, exc)
-        FAILED.append(f"{hc.runtime.output_dir}: {type(exc).__name__}: {exc}")
+        job_failed(f"{hc.runtime.output_dir}: {type(exc).__name__}: {exc}", hc.job.num)
 
 
 if __name__ == "__main__":
-    problem = check_group_choices(sys.argv[1:])
+    problem = check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 alone writes the run folder and its run.log
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=stdout", "hydra.callbacks.report.enabled=false"]
     main()
+    collect_failed()
     from reports import hook  # loaded by Hydra when a sweep configured the report callback
 
     if FAILED:

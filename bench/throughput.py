@@ -8,8 +8,13 @@ linear-time model). Printed and saved (CSV + markdown) per (arch, L):
 - peak memory: on CUDA the allocator's peak; on CPU the process's peak RSS above what it held
   before the first step (weights, optimizer state and activations of one step);
 - counted FLOP/s (matmuls, convolutions, attention; FFTs and scans are not counted) and its share
-  of this machine's measured dense matmul FLOP/s;
+  of the device's peak: on CPU the measured dense float32 matmul FLOP/s; on CUDA the GPU's dense bf16
+  tensor-core peak from its data sheet (PEAK_BF16, or --peak-tflops), else a measured bf16 matmul;
 - the fitted exponent of time per sequence in L between the two longest lengths (1 = linear).
+
+On a GPU: `python -m bench.throughput --device cuda --paper` runs every backbone at the paper-scale
+lengths 1K, 4K and 16K under bf16 autocast (--dtype), with Mamba's fused kernels (impl=cuda) and its
+PyTorch scan (impl=torch) side by side (--mamba-impls).
 
 A fresh process per measurement keeps one model's memory out of the next one's peak.
 """
@@ -28,11 +33,22 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Dense (no sparsity) bf16 tensor-core peak, FLOP/s, from NVIDIA's data sheets; first matching name wins.
+PEAK_BF16 = [("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12),
+             ("L4", 121e12)]
+PAPER = {"lengths": [1024, 4096, 16384], "tokens": 65536, "d_model": 256, "n_layers": 6}  # --paper
+DEFAULTS = {"lengths": [256, 1024, 4096], "tokens": 16384, "d_model": 128, "n_layers": 4}
+DTYPES = ("fp32", "bf16", "fp16")
 
 
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_flops_of(name: str) -> float | None:
+    """Data-sheet dense bf16 peak of a GPU named like torch.cuda.get_device_name(), or None."""
+    return next((flops for key, flops in PEAK_BF16 if key in name), None)
 
 
 def matmul_flops(device: str, n: int = 2048, repeats: int = 10) -> float:
@@ -67,6 +83,7 @@ def measure(arch: str, length: int, args: dict, queue) -> None:
 
 
 def _measure(arch: str, length: int, args: dict) -> dict:
+    """`arch` is a conf/arch name; `args["set"]` its overrides (e.g. impl=torch)."""
     import torch
     from omegaconf import OmegaConf
     from torch.utils.flop_counter import FlopCounterMode
@@ -84,9 +101,12 @@ def _measure(arch: str, length: int, args: dict) -> dict:
     x = torch.randn(batch, length, args["d_model"], device=device)
     mask = torch.ones(batch, length, dtype=torch.bool, device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args["dtype"]]
 
     def step():
-        loss = model(x, mask).float().pow(2).mean()
+        # Autocast as training runs it (compute.precision); no loss scaling: this times, it does not learn.
+        with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            loss = model(x, mask).float().pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -124,14 +144,27 @@ def exponent(rows: list[dict], arch: str, short: int, long: int) -> float | None
     return math.log(per_seq[long] / per_seq[short]) / math.log(long / short)
 
 
+def entries(archs: list[str], mamba_impls: list[str], overrides: list[str]) -> list[tuple[str, str, list[str]]]:
+    """(row label, arch, overrides) to measure: Mamba once per implementation, side by side."""
+    return [(f"mamba:{impl}", arch, [*overrides, f"impl={impl}"]) if arch == "mamba" else (arch, arch, overrides)
+            for arch in archs for impl in (mamba_impls if arch == "mamba" else [None])]
+
+
 def main(argv: list[str] | None = None) -> int:
     archs = sorted(p.stem for p in (ROOT / "conf" / "arch").glob("*.yaml"))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--archs", nargs="+", default=archs, help=f"default: all of {', '.join(archs)}")
-    ap.add_argument("--lengths", nargs="+", type=int, default=[256, 1024, 4096])
-    ap.add_argument("--tokens", type=int, default=16384, help="tokens per batch (batch = tokens // L)")
-    ap.add_argument("--d-model", type=int, default=128)
-    ap.add_argument("--n-layers", type=int, default=4)
+    ap.add_argument("--lengths", nargs="+", type=int, help=f"default: {DEFAULTS['lengths']}")
+    ap.add_argument("--tokens", type=int, help=f"tokens per batch (batch = tokens // L); default {DEFAULTS['tokens']}")
+    ap.add_argument("--d-model", type=int, help=f"default: {DEFAULTS['d_model']}")
+    ap.add_argument("--n-layers", type=int, help=f"default: {DEFAULTS['n_layers']}")
+    ap.add_argument("--paper", action="store_true", help=f"paper-scale defaults instead: {PAPER}")
+    ap.add_argument("--dtype", choices=["auto", *DTYPES], default="auto",
+                    help="autocast: auto = bf16 on CUDA, fp32 on CPU")
+    ap.add_argument("--peak-tflops", type=float, help="the device's dense peak (TFLOP/s) for the FLOP share; "
+                    "default: the data sheet for known GPUs, else measured")
+    ap.add_argument("--mamba-impls", nargs="+", choices=["auto", "cuda", "torch"],
+                    help="one mamba row per impl; default: cuda and torch on CUDA, torch on CPU")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -145,20 +178,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import torch
 
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available here; use --device cpu (or auto)", file=sys.stderr)
+        return 2
+    for key, value in (PAPER if args.paper else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    peak_flops = matmul_flops(device)
+    dtype = args.dtype if args.dtype != "auto" else ("bf16" if device == "cuda" else "fp32")
     where = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or 'cpu'}, " \
         f"{torch.get_num_threads()} threads"
-    print(f"# device: {device} ({where}); measured dense matmul: {peak_flops / 1e9:.1f} GFLOP/s; "
+    if args.peak_tflops:
+        peak_flops, peak_from = args.peak_tflops * 1e12, "given (--peak-tflops)"
+    elif device == "cuda" and peak_flops_of(where):
+        peak_flops, peak_from = peak_flops_of(where), "data-sheet dense bf16 peak"
+    else:
+        peak_flops = matmul_flops(device)
+        peak_from = f"measured dense {'bf16' if device == 'cuda' else 'float32'} matmul"
+    print(f"# device: {device} ({where}); peak {peak_flops / 1e9:,.1f} GFLOP/s ({peak_from}); {dtype}; "
           f"d_model {args.d_model}, {args.n_layers} layers, {args.tokens} tokens per batch", flush=True)
     ctx = mp.get_context("spawn")
     child_args = {"device": device, "d_model": args.d_model, "n_layers": args.n_layers, "tokens": args.tokens,
-                  "steps": args.steps, "warmup": args.warmup, "set": args.set}
+                  "steps": args.steps, "warmup": args.warmup, "dtype": dtype}
+    impls = args.mamba_impls or (["cuda", "torch"] if device == "cuda" else ["torch"])
+    todo = entries(args.archs, impls, args.set)
     rows = []
-    for arch in args.archs:
+    for label, arch, overrides in todo:
         for length in args.lengths:
             queue = ctx.Queue()
-            proc = ctx.Process(target=measure, args=(arch, length, child_args, queue))
+            proc = ctx.Process(target=measure, args=(arch, length, {**child_args, "set": overrides}, queue))
             proc.start()
             proc.join(args.timeout)
             if proc.is_alive():
@@ -168,15 +216,15 @@ def main(argv: list[str] | None = None) -> int:
                 row = {"error": f"process died (exit {proc.exitcode}; out of memory?)"}
             else:
                 row = queue.get()
-            row = {"arch": arch, "L": length, **row}
+            row = {**row, "arch": label, "L": length}
             rows.append(row)
             if "error" in row:
-                print(f"{arch:12s} L={length:6d}  {row['error']}", flush=True)
+                print(f"{label:12s} L={length:6d}  {row['error']}", flush=True)
             else:
-                print(f"{arch:12s} L={length:6d}  batch {row['batch']:4d}  {row['tokens_per_s']:10.0f} tok/s  "
-                      f"{row['peak_mem_mb']:8.0f} MB  {row['counted_flops_per_s'] / peak_flops:6.1%} of matmul peak "
+                print(f"{label:12s} L={length:6d}  batch {row['batch']:4d}  {row['tokens_per_s']:10.0f} tok/s  "
+                      f"{row['peak_mem_mb']:8.0f} MB  {row['counted_flops_per_s'] / peak_flops:6.1%} of peak "
                       f"({row['impl']})", flush=True)
-    table = render(rows, args.archs, args.lengths, peak_flops)
+    table = render(rows, [label for label, _, _ in todo], args.lengths, peak_flops)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"throughput-{device}"
@@ -184,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
 
     pd.DataFrame(rows).to_csv(f"{stem}.csv", index=False)
     Path(f"{stem}.md").write_text(table + "\n")
-    Path(f"{stem}.json").write_text(json.dumps({"device": where, "matmul_flops_per_s": peak_flops, "rows": rows,
+    Path(f"{stem}.json").write_text(json.dumps({"device": where, "peak_flops_per_s": peak_flops, "peak_from": peak_from,
+                                                "dtype": dtype, "torch": torch.__version__, "rows": rows,
                                                 "args": {k: str(v) for k, v in vars(args).items()}}, indent=1))
     print(f"saved {stem}.csv, .md, .json")
     return 0

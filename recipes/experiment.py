@@ -24,14 +24,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from recipes import checkpoint
+from recipes import checkpoint, compute, distributed
 from recipes.errors import ConfigError, TrainingDiverged, root_cause
 from tasks.base import DataError, Task
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
-NOT_HASHED = ("out_root", "cache_dir", "progress", "device")
+NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute")
 
 
 @dataclass
@@ -47,6 +47,7 @@ class Context:
     seed: int
     identity: dict  # stored in every checkpoint of this run; a mismatch refuses to resume
     progress: bool
+    compute: compute.Compute = compute.PLAIN  # precision, compile, micro-batches, loading
 
 
 def digest(obj) -> str:
@@ -183,16 +184,18 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             return old
         log.info("previous attempt failed (%s); running again", old.get("reason"))
 
-    device = pick_device(cfg.device)
+    device = distributed.setup(pick_device(cfg.device))  # this rank's GPU under torchrun
+    how = compute.resolve(cfg.compute, device)
     task = build_task(cfg.task)
     cache_dir = Path(cfg.cache_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = {**head, "device": device.type, "code_version": code_version(),
+    base = {**head, "device": device.type, "hardware": compute.hardware(device, how), "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:
         splits = task.splits(cache_dir)
         ctx = Context(cfg=cfg, task=task, splits=splits, run_dir=run_dir, cache_dir=cache_dir, device=device,
-                      seed=cfg.seed, identity={"config_hash": config_hash, "config": hashed}, progress=cfg.progress)
+                      seed=cfg.seed, identity={"config_hash": config_hash, "config": hashed}, progress=cfg.progress,
+                      compute=how)
         out = recipe.run(ctx)
     except (ConfigError, DataError, checkpoint.CheckpointError):
         raise
@@ -205,7 +208,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     out["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
     result = {**base, "status": "ok", "reason": None, **out,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    checkpoint.write_json(result_path, result)
+    if distributed.is_main():  # under torchrun, one process writes
+        checkpoint.write_json(result_path, result)
     log.info("result: %s test_acc %.4f val_acc %.4f -> %s", cfg.recipe.name, result["metrics"]["test_acc"],
              result["metrics"]["val_acc"], result_path)
     return result
@@ -213,6 +217,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 def write_failed(path: Path, base: dict, reason: str, started: float) -> None:
     log.error("run failed: %s", reason)
+    if not distributed.is_main():
+        return
     checkpoint.write_json(path, {**base, "status": "failed", "reason": reason,
                                  "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
                                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

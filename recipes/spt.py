@@ -21,10 +21,9 @@ import json
 import logging
 
 import torch
-from filelock import FileLock
 from omegaconf import OmegaConf
 
-from recipes import checkpoint
+from recipes import checkpoint, distributed
 from recipes.errors import ConfigError
 from recipes.model import TokenPredictor, build_body, pooling_for
 from recipes.objectives import mask_tokens, next_token_targets, pixel_l1_loss, token_loss
@@ -113,25 +112,27 @@ def run(ctx) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     train_loss, val_loss = losses(objective, ratio, spec.mask_id, pixel_loss, spec.pixel_levels)
     stage = Stage("pretrain", TokenPredictor(body, cfg.arch.d_model, n_out), train_loss, val_loss, "loss")
-    # One process pretrains; a concurrent run with the same key waits, then reuses the result.
-    with FileLock(str(out) + ".lock"):
+    # One run pretrains; a concurrent run with the same key waits, then reuses the result. Under
+    # torchrun, rank 0 holds the lock for its whole process group (main_holds says why).
+    with distributed.main_holds(str(out) + ".lock"):
         # Whether this run found the pretraining already done, fixed at its first attempt, so that a
         # run resumed after its own pretraining still reports reused=false.
         marker = ctx.run_dir / "pretrain_source.json"
         source = checkpoint.read_json(marker) if marker.exists() else {}
         if source.get("key") != key:
             source = {"key": key, "reused": (out / "done.json").exists()}
-            checkpoint.write_json(marker, source)
+            if distributed.is_main():
+                checkpoint.write_json(marker, source)
         reused = source["reused"]
         if (out / "done.json").exists():
             log.info("pretrain: reusing cached checkpoint %s (key %s)", out, key)
-        else:
+        elif distributed.is_main():
             checkpoint.write_json(out / "depends_on.json", depends_on)
             log.info("pretrain: training %s objective into %s (key %s)", objective, out, key)
         # documents(): the examples themselves, or each document of a dual-input task on its own.
         summary = fit(stage, ctx.splits["train"].documents(), ctx.splits["val"].documents(), hp, out, seed=seed,
                       identity={"pretrain": key}, pad_id=spec.pad_id, device=ctx.device,
-                      log_path=out / "metrics.jsonl", progress=ctx.progress)
+                      log_path=out / "metrics.jsonl", progress=ctx.progress, compute=ctx.compute)
 
     result = finetune(ctx, body, prefix_rows=summary["history"])
     history = summary["history"]

@@ -30,8 +30,9 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
     summary = fit(Stage("finetune", model, classify_loss, classify_loss, "acc"), ctx.splits["train"],
                   ctx.splits["val"], hp, ctx.run_dir / "checkpoints", seed=ctx.seed, identity=ctx.identity,
                   pad_id=spec.pad_id, device=ctx.device, log_path=ctx.run_dir / "metrics.jsonl",
-                  prefix_rows=list(prefix_rows), progress=ctx.progress)
-    test = evaluate(model, classify_loss, ctx.splits["test"], hp.eval_batch_size, spec.pad_id, ctx.device)
+                  prefix_rows=list(prefix_rows), progress=ctx.progress, compute=ctx.compute)
+    test = evaluate(model, classify_loss, ctx.splits["test"], hp.eval_batch_size, spec.pad_id, ctx.device,
+                    ctx.compute)
     return {
         "metrics": {"val_acc": summary["best_val"]["acc"], "val_loss": summary["best_val"]["loss"],
                     "test_acc": test["acc"], "test_loss": test["loss"], "best_step": summary["best_step"]},

@@ -9,6 +9,11 @@ Determinism and resume: batch order for epoch e is a permutation seeded by (seed
 torch RNG state (dropout, masking) is saved with each checkpoint, so a run resumed from step s
 continues exactly as the uninterrupted one would have (bitwise on CPU).
 
+Data parallelism (torchrun, recipes/distributed.py): `batch_size` is the global batch. Every rank
+walks the same global order and trains on its share of each batch, in micro-batches when
+`compute.micro_batch_size` is set; gradients are weighted so that a step equals one process's step
+on the whole batch (see `accumulate`), metrics are summed over ranks, and rank 0 alone writes files.
+
 Files in `out_dir`: last.pt (full state, for resume), best.pt (weights of the best validation
 score), done.json (summary, written when the stage completes), and the metrics log `log_path`.
 """
@@ -20,6 +25,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +35,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from recipes import checkpoint
+from recipes import checkpoint, distributed
+from recipes.compute import PLAIN, Compute, batches
 from recipes.errors import CheckpointError, TrainingDiverged
 from tasks.base import TokenSplit
 
@@ -74,27 +81,67 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loss_fn: LossFn, split: TokenSplit, batch_size: int, pad_id: int,
-             device: torch.device) -> dict:
-    """Mean loss (weighted by counted items) and accuracy over a whole split."""
+             device: torch.device, compute: Compute = PLAIN) -> dict:
+    """Mean loss (weighted by counted items) and accuracy over a whole split. Under DDP each rank
+    evaluates every world()-th batch and the sums are added up: each example counts exactly once."""
     was_training = model.training
     model.eval()
     order = np.argsort(split.lengths(), kind="stable")  # similar lengths together: less padding
+    mine = distributed.share([order[i : i + batch_size] for i in range(0, len(order), batch_size)])
     total_loss = correct = count = 0.0
-    for i in range(0, len(order), batch_size):
-        ids, mask, labels = (t.to(device) for t in split.batch(order[i : i + batch_size], pad_id))
-        loss, c, n = loss_fn(model, ids, mask, labels)
+    for ids, mask, labels in batches(split, mine, pad_id, compute, device):
+        with compute.autocast(device):
+            loss, c, n = loss_fn(model, ids, mask, labels)
         total_loss += loss.item() * n.item()
         correct += c.item()
         count += n.item()
+    total_loss, correct, count = distributed.sum_all([total_loss, correct, count])
     model.train(was_training)
     return {"loss": total_loss / max(count, 1), "acc": correct / max(count, 1)}
 
 
+def micro_batches(index: np.ndarray, size: int | None) -> tuple[list[np.ndarray], bool]:
+    """This rank's share of the global batch `index`, cut into pieces of at most `size` examples
+    (gradient accumulation). -> (pieces, empty): a share left empty by a last batch smaller than the
+    world still runs one example, with weight 0, so that the rank joins the gradient all-reduce."""
+    mine = distributed.share(index)
+    empty = len(mine) == 0
+    if empty:
+        mine = index[:1]
+    size = size or len(mine)
+    return [mine[i : i + size] for i in range(0, len(mine), size)], empty
+
+
+def accumulate(stage: Stage, model: nn.Module, pieces: list, empty: bool, loaded, scaler, compute: Compute,
+               device: torch.device) -> tuple[float, float, float]:
+    """Forward and backward of this rank's pieces of one global batch. -> (summed loss, n correct,
+    n counted) of the whole global batch: summed over pieces and ranks.
+
+    Each piece back-propagates its *summed* loss (mean × count), and DDP averages gradients over
+    ranks, so gradients × world / (n counted) are exactly the gradient of the global batch's mean loss
+    — one process's gradient — however the counted items (examples, or masked tokens) fall between
+    ranks and pieces (fit does that rescaling)."""
+    no_sync = getattr(model, "no_sync", nullcontext)  # DDP: all-reduce in the last piece's backward only
+    sums = [0.0, 0.0, 0.0]
+    for k in range(len(pieces)):
+        ids, mask, labels = next(loaded)
+        with nullcontext() if k == len(pieces) - 1 else no_sync():
+            with compute.autocast(device):
+                loss, correct, count = stage.loss_fn(model, ids, mask, labels)
+            weight = 0.0 if empty else float(count)
+            scaler.scale(loss * weight).backward()
+        # A non-finite loss stays non-finite in the sum (inf * 0 is nan), so every rank sees it.
+        sums = [sums[0] + loss.item() * weight, sums[1] + (0 if empty else correct.item()), sums[2] + weight]
+    return tuple(distributed.sum_all(sums))
+
+
 def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_dir: Path, *, seed: int,
         identity: dict, pad_id: int, device: torch.device, log_path: Path, prefix_rows: list[dict] = (),
-        progress: bool = True) -> dict:
-    """Train `stage.model` in place, leave it holding the best validation weights, return a summary."""
+        progress: bool = True, compute: Compute = PLAIN) -> dict:
+    """Train `stage.model` in place, leave it holding the best validation weights, return a summary.
+    Under torchrun every rank calls this; `hp.batch_size` is the global batch, and rank 0 alone writes."""
     out_dir = Path(out_dir)
+    main = distributed.is_main()
     model = stage.model.to(device)
     done_path, last_path, best_path = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
     if done_path.exists():
@@ -113,6 +160,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     warmup = min(int(hp.warmup_steps), total)
     optim = torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
     better = (lambda a, b: a > b) if stage.score == "acc" else (lambda a, b: a < b)
+    scaler = torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16")
 
     step, elapsed, history, best, best_step = 0, 0.0, [], None, -1
     # Sums since the last validation; checkpointed so a resumed run logs the same train_loss.
@@ -122,53 +170,75 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         state = checkpoint.load(last_path, identity)
         checkpoint.load_weights(model, state["model"], last_path)
         optim.load_state_dict(state["optim"])
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda" and state.get("cuda_rng"):
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        rngs = [[state["rng"], state.get("cuda_rng") or []], *state.get("rank_rng", [])]
+        if distributed.rank() < len(rngs):
+            cpu_rng, cuda_rng = rngs[distributed.rank()]
+            torch.set_rng_state(cpu_rng)
+            if device.type == "cuda" and cuda_rng:
+                torch.cuda.set_rng_state(cuda_rng[0], device)
+        else:  # more ranks than when the checkpoint was written: new streams for the new ones
+            torch.manual_seed(distributed.rank_seed(seed) + state["step"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
         best, best_step = state["best"], state["best_step"]
         run_loss, run_correct, run_count, run_steps = state["running"]
         log.info("%s: resuming from %s at step %d of %d", stage.name, last_path, step, total)
     else:
-        torch.manual_seed(seed)
+        torch.manual_seed(distributed.rank_seed(seed))
 
     def save_last() -> None:
+        # Every rank's random state (dropout, masking), so that a resumed DDP run continues each stream.
+        rngs = distributed.gather([torch.get_rng_state(), [torch.cuda.get_rng_state(device)] if device.type == "cuda"
+                                   else []])
+        if not main:
+            return
         checkpoint.save(last_path, {
             "identity": identity, "model": model.state_dict(), "optim": optim.state_dict(),
-            "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
+            "rng": rngs[0][0], "cuda_rng": rngs[0][1], "rank_rng": rngs[1:], "scaler": scaler.state_dict(),
             "step": step, "elapsed": elapsed, "history": history, "best": best, "best_step": best_step,
             "running": [run_loss, run_correct, run_count, run_steps],
         })
 
     started = time.perf_counter() - elapsed
     model.train()
-    bar = tqdm(total=total, initial=step, desc=stage.name, disable=not progress, leave=False, dynamic_ncols=True)
-    order_epoch, order = -1, None
+    ddp = distributed.wrap(model)  # shares model's parameters; evaluation and checkpoints use model itself
+    train_model = torch.compile(ddp) if compute.compile else ddp
+    bar = tqdm(total=total, initial=step, desc=stage.name, disable=not progress or not main, leave=False,
+               dynamic_ncols=True)
+    order_epoch, plan, loaded = -1, {}, None
     while step < total:
         epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
+        if epoch != order_epoch:  # this rank's pieces of every step left in the epoch, loaded ahead
             order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
-        index = order[pos * hp.batch_size : (pos + 1) * hp.batch_size]
-        ids, mask, labels = (t.to(device) for t in train.batch(index, pad_id))
+            plan = {p: micro_batches(order[p * hp.batch_size : (p + 1) * hp.batch_size], compute.micro_batch_size)
+                    for p in range(pos, min(steps_per_epoch, pos + total - step))}
+            loaded = batches(train, [piece for pieces, _ in plan.values() for piece in pieces], pad_id, compute,
+                             device)
         factor = lr_factor(step, total, warmup, hp.min_lr_ratio)
         for group in optim.param_groups:
             group["lr"] = group["base_lr"] * factor
-        loss, correct, count = stage.loss_fn(model, ids, mask, labels)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"{stage.name}: non-finite loss ({loss.item()}) at step {step}")
         optim.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum, correct, count = accumulate(stage, train_model, *plan[pos], loaded, scaler, compute, device)
+        loss = loss_sum / max(count, 1)  # the global batch's mean loss
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"{stage.name}: non-finite loss ({loss}) at step {step}")
+        scaler.unscale_(optim)
+        for p in model.parameters():
+            if p.grad is not None:
+                p.grad.mul_(distributed.world() / max(count, 1))
         if hp.grad_clip:
             nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-        optim.step()
+        scaler.step(optim)
+        scaler.update()
         step += 1
-        run_loss += loss.item()
-        run_correct += correct.item()
-        run_count += count.item()
+        run_loss += loss
+        run_correct += correct
+        run_count += count
         run_steps += 1
         bar.update()
         if step % eval_every == 0 or step == total:
-            metrics = evaluate(model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device)
+            metrics = evaluate(model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device, compute)
             elapsed = time.perf_counter() - started
             row = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
                    "lr": hp.lr * factor, "train_loss": run_loss / run_steps,
@@ -182,19 +252,23 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
                      row["train_loss"], metrics["loss"], metrics["acc"])
             if best is None or better(metrics[stage.score], best[stage.score]):
                 best, best_step = metrics, step
-                checkpoint.save(best_path, {"identity": identity, "model": model.state_dict()})
+                if main:
+                    checkpoint.save(best_path, {"identity": identity, "model": model.state_dict()})
             save_last()
-            write_log(log_path, [*prefix_rows, *history])
+            if main:
+                write_log(log_path, [*prefix_rows, *history])
         elif hp.get("ckpt_every") and step % hp.ckpt_every == 0:
             elapsed = time.perf_counter() - started
             save_last()
     bar.close()
-    write_log(log_path, [*prefix_rows, *history])  # also when a kill fell between last.pt and the log
-
+    if main:
+        write_log(log_path, [*prefix_rows, *history])  # also when a kill fell between last.pt and the log
+    distributed.barrier()  # rank 0 has written best.pt before any rank reads it
     checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
     summary = {"identity": identity, "steps": total, "best_step": best_step, "best_val": best,
                "wall_time_s": round(time.perf_counter() - started, 3), "history": history}
-    checkpoint.write_json(done_path, summary)
+    if main:
+        checkpoint.write_json(done_path, summary)
     return summary
 
 

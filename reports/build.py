@@ -191,7 +191,8 @@ def warnings_for(ok: pd.DataFrame, ambiguous: list) -> list[str]:
                             "different kernels")
         devices = ", ".join(f"{k}: {v} run(s)" for k, v in g.device.map(show).value_counts().sort_index().items())
         if g.device.map(show).nunique() > 1:
-            warnings.append(f"{task} / {arch} ran on several devices ({devices}): compute times are not comparable")
+            warnings.append(f"{task} / {arch} ran on several devices ({devices}): compute times are not comparable, "
+                            "and a different precision can change accuracy")
     return warnings
 
 

@@ -4,7 +4,7 @@ A run folder is a Hydra job folder (`.hydra/config.yaml`) or a folder with a `ch
 subfolder or `metrics.jsonl`; the pretraining cache (`_cache/`) and report folders are neither.
 Nothing is imported from the training code: the fields read here are those that
 recipes/experiment.py writes (task, arch, recipe, seed, status, reason, config_hash, group_hash,
-metrics, params, steps, wall_time_s, device, impl, config) and the rows of recipes/train.py's
+metrics, params, steps, wall_time_s, device, hardware, impl, config) and the rows of recipes/train.py's
 metrics.jsonl (stage, step, val_acc, ...).
 """
 
@@ -29,7 +29,7 @@ def _row(path: Path, r: dict) -> dict:
     return {
         "path": str(path.parent), "task": r.get("task"), "arch": r.get("arch"), "recipe": r.get("recipe"),
         "seed": r.get("seed"), "status": r.get("status"), "reason": r.get("reason"),
-        "config_hash": r.get("config_hash"), "group_hash": r.get("group_hash"), "device": r.get("device"),
+        "config_hash": r.get("config_hash"), "group_hash": r.get("group_hash"), "device": hardware_label(r),
         "impl": r.get("impl"), "test_acc": metrics.get("test_acc"), "val_acc": metrics.get("val_acc"),
         "params": (r.get("params") or {}).get("total"), "pretrain_steps": steps.get("pretrain", 0),
         "finetune_steps": steps.get("finetune"),
@@ -38,6 +38,15 @@ def _row(path: Path, r: dict) -> dict:
         "compute_s": sum(v for k, v in wall.items() if k != "total" and isinstance(v, (int, float))) or None,
         "pretrain_reused": pretrain.get("reused"), "code_version": r.get("code_version"),
     }
+
+
+def hardware_label(r: dict) -> str | None:
+    """'cuda NVIDIA H100 80GB HBM3 x4 bf16': what a run computed on, from result.json's `hardware`
+    (results written before it was recorded: the device type alone)."""
+    hw = r.get("hardware")
+    if not isinstance(hw, dict):
+        return r.get("device")
+    return f"{hw.get('device')} {hw.get('name')} x{hw.get('world_size')} {hw.get('precision')}"
 
 
 def _check(row: dict) -> str | None:

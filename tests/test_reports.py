@@ -325,3 +325,18 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
     assert "no runs (result.json or run folders)" in capsys.readouterr().err
+
+
+def test_runs_from_different_hardware_are_labelled_and_flagged(tmp_path):
+    """result.json's `hardware` names the device, GPU, process count and precision in the accuracy table;
+    a cell mixing them is warned about, whatever the device type."""
+    gpu = {"device": "cuda", "name": "NVIDIA H100 80GB HBM3", "world_size": 4, "precision": "bf16"}
+    write(tmp_path, "h0", seed=0, device="cuda", hardware=gpu, metrics={"test_acc": 0.5})
+    write(tmp_path, "h1", seed=1, device="cuda", hardware={**gpu, "world_size": 1, "precision": "fp32"},
+          metrics={"test_acc": 0.6})
+    out = tmp_path / "out"
+    assert main([str(tmp_path), "-o", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "| cuda NVIDIA H100 80GB HBM3 x1 fp32, cuda NVIDIA H100 80GB HBM3 x4 bf16 |" in md
+    assert ("listops / transformer ran on several devices (cuda NVIDIA H100 80GB HBM3 x1 fp32: 1 run(s), "
+            "cuda NVIDIA H100 80GB HBM3 x4 bf16: 1 run(s))") in md
