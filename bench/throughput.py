@@ -14,7 +14,8 @@ linear-time model). Printed and saved (CSV + markdown) per (arch, L):
 
 On a GPU: `python -m bench.throughput --device cuda --paper` runs every backbone at the paper-scale
 lengths 1K, 4K and 16K under bf16 autocast (--dtype), with Mamba's fused kernels (impl=cuda) and its
-PyTorch scan (impl=torch) side by side (--mamba-impls).
+PyTorch scan (impl=torch) side by side (--mamba-impls); on a CPU the side-by-side pair is the C++
+scan (impl=cpp) and the PyTorch scan.
 
 A fresh process per measurement keeps one model's memory out of the next one's peak.
 """
@@ -144,6 +145,15 @@ def exponent(rows: list[dict], arch: str, short: int, long: int) -> float | None
     return math.log(per_seq[long] / per_seq[short]) / math.log(long / short)
 
 
+def default_mamba_impls(device: str) -> list[str]:
+    """Mamba's fast path next to its pure-PyTorch one: cuda on a GPU, the C++ scan on a CPU."""
+    if device == "cuda":
+        return ["cuda", "torch"]
+    from archs import mamba_cpu
+
+    return ["torch"] if mamba_cpu.unavailable_reason() else ["cpp", "torch"]
+
+
 def entries(archs: list[str], mamba_impls: list[str], overrides: list[str]) -> list[tuple[str, str, list[str]]]:
     """(row label, arch, overrides) to measure: Mamba once per implementation, side by side."""
     return [(f"mamba:{impl}", arch, [*overrides, f"impl={impl}"]) if arch == "mamba" else (arch, arch, overrides)
@@ -163,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="autocast: auto = bf16 on CUDA, fp32 on CPU")
     ap.add_argument("--peak-tflops", type=float, help="the device's dense peak (TFLOP/s) for the FLOP share; "
                     "default: the data sheet for known GPUs, else measured")
-    ap.add_argument("--mamba-impls", nargs="+", choices=["auto", "cuda", "torch"],
-                    help="one mamba row per impl; default: cuda and torch on CUDA, torch on CPU")
+    ap.add_argument("--mamba-impls", nargs="+", choices=["auto", "cuda", "cpp", "torch"],
+                    help="one mamba row per impl; default: cuda and torch on CUDA, cpp (if it builds) and torch on CPU")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -200,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     child_args = {"device": device, "d_model": args.d_model, "n_layers": args.n_layers, "tokens": args.tokens,
                   "steps": args.steps, "warmup": args.warmup, "dtype": dtype}
-    impls = args.mamba_impls or (["cuda", "torch"] if device == "cuda" else ["torch"])
+    impls = args.mamba_impls or default_mamba_impls(device)
     todo = entries(args.archs, impls, args.set)
     rows = []
     for label, arch, overrides in todo:
