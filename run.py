@@ -53,13 +53,14 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from recipes import experiment
+    from recipes import experiment, guard
     from recipes.errors import USER_ERRORS, TrainingDiverged
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN  # in a sweep, one bad job must not stop the others
     try:
-        experiment.run(cfg, Path(hc.runtime.output_dir))
+        with guard.sigterm_saves():  # a preempted run saves a checkpoint, then exits 143
+            experiment.run(cfg, Path(hc.runtime.output_dir))
     except USER_ERRORS as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -71,6 +72,9 @@ def main(cfg: DictConfig) -> None:
         if not multirun:
             sys.exit(1)
         FAILED.append(f"{hc.runtime.output_dir}: {exc}")
+    except guard.Preempted as exc:  # the whole process is going: a sweep stops here too
+        print(f"preempted: {exc}; run the same command to resume", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)

@@ -12,7 +12,12 @@ class CheckpointError(RuntimeError):
 
 
 class TrainingDiverged(RuntimeError):
-    """A non-finite loss; recorded in result.json as status=failed with the step."""
+    """A non-finite loss or gradient; recorded in result.json as status=failed with `details`
+    (stage, step, loss or gradient, the last good checkpoint)."""
+
+    def __init__(self, message: str, **details):
+        super().__init__(message)
+        self.details = details
 
 
 USER_ERRORS = (ConfigError, CheckpointError, DataError)

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from recipes import checkpoint
+from recipes import checkpoint, guard
 from recipes.errors import ConfigError, TrainingDiverged, root_cause
 from tasks.base import DataError, Task
 
@@ -143,6 +143,8 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1):
             raise ConfigError(f"{stage}.mask_ratio={ratio!r} must be a number in (0, 1), or null for the "
                               "task's default")
+        if hp.get("on_nan", "stop") not in guard.ON_NAN:
+            raise ConfigError(f"{stage}.on_nan={hp.on_nan!r} must be one of {', '.join(guard.ON_NAN)}")
         pixel_loss = hp.get("pixel_loss")
         if pixel_loss is not None and pixel_loss not in ("ce", "l1"):
             raise ConfigError(f"{stage}.pixel_loss={pixel_loss!r} must be ce, l1, or null for the task's default")
@@ -171,8 +173,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "config_hash": config_hash, "group_hash": digest(seedless)}
 
     result_path = run_dir / "result.json"
-    if result_path.exists():
-        old = checkpoint.read_json(result_path)
+    old = checkpoint.read_intact(result_path)  # a damaged one is moved aside and the run recomputed
+    if old is not None:
         if old.get("config_hash") != config_hash:
             raise ConfigError(f"{run_dir} holds a run of another configuration "
                               f"({checkpoint.describe_diff(old.get('config', {}), plain)}); "
@@ -197,7 +199,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except (ConfigError, DataError, checkpoint.CheckpointError):
         raise
     except TrainingDiverged as exc:
-        write_failed(result_path, base, str(exc), started)
+        write_failed(result_path, base, str(exc), started, diverged=exc.details)
         raise
     except Exception as exc:
         write_failed(result_path, base, f"{type(exc).__name__}: {exc}", started)
@@ -211,8 +213,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return result
 
 
-def write_failed(path: Path, base: dict, reason: str, started: float) -> None:
+def write_failed(path: Path, base: dict, reason: str, started: float, **extra) -> None:
     log.error("run failed: %s", reason)
-    checkpoint.write_json(path, {**base, "status": "failed", "reason": reason,
+    checkpoint.write_json(path, {**base, "status": "failed", "reason": reason, **extra,
                                  "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
                                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

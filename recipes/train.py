@@ -3,7 +3,8 @@
 AdamW with parameter groups (no weight decay on norms and biases, i.e. tensors with < 2 dims; a
 parameter may carry `_optim = {"lr": ..., "weight_decay": ...}` to override, as SSM parameters do),
 linear warmup then cosine decay, gradient clipping, validation every `eval_every` steps, the best
-validation score kept, a resumable checkpoint, and a metrics log.
+validation score kept, a resumable checkpoint, and a metrics log. A non-finite loss or gradient
+and SIGTERM are handled as recipes/guard.py describes.
 
 Determinism and resume: batch order for epoch e is a permutation seeded by (seed, e), and the
 torch RNG state (dropout, masking) is saved with each checkpoint, so a run resumed from step s
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from recipes import checkpoint
+from recipes import checkpoint, guard
 from recipes.errors import CheckpointError, TrainingDiverged
 from tasks.base import TokenSplit
 
@@ -97,6 +98,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     out_dir = Path(out_dir)
     model = stage.model.to(device)
     done_path, last_path, best_path = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
+    checkpoint.discard_if_damaged((done_path, last_path, best_path), identity)  # damaged: redo the stage
     if done_path.exists():
         summary = checkpoint.read_json(done_path)
         if summary.get("identity") != identity:
@@ -118,6 +120,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     # Sums since the last validation; checkpointed so a resumed run logs the same train_loss.
     run_loss = run_correct = run_count = 0.0
     run_steps = 0
+    skipped: list[int] = []  # steps whose batch on_nan=skip_batch dropped
     if last_path.exists():
         state = checkpoint.load(last_path, identity)
         checkpoint.load_weights(model, state["model"], last_path)
@@ -128,6 +131,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
         best, best_step = state["best"], state["best_step"]
         run_loss, run_correct, run_count, run_steps = state["running"]
+        skipped = state["skipped"]
         log.info("%s: resuming from %s at step %d of %d", stage.name, last_path, step, total)
     else:
         torch.manual_seed(seed)
@@ -137,14 +141,19 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             "identity": identity, "model": model.state_dict(), "optim": optim.state_dict(),
             "rng": torch.get_rng_state(), "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else [],
             "step": step, "elapsed": elapsed, "history": history, "best": best, "best_step": best_step,
-            "running": [run_loss, run_correct, run_count, run_steps],
+            "running": [run_loss, run_correct, run_count, run_steps], "skipped": skipped,
         })
 
     started = time.perf_counter() - elapsed
     model.train()
     bar = tqdm(total=total, initial=step, desc=stage.name, disable=not progress, leave=False, dynamic_ncols=True)
     order_epoch, order = -1, None
+    guard.in_loop(True)
     while step < total:
+        if guard.stop_requested():  # SIGTERM: a step boundary, where the state is consistent
+            elapsed = time.perf_counter() - started
+            save_last()
+            raise guard.Preempted(f"{stage.name}: saved {last_path} at step {step} of {total}")
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
@@ -154,24 +163,37 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         for group in optim.param_groups:
             group["lr"] = group["base_lr"] * factor
         loss, correct, count = stage.loss_fn(model, ids, mask, labels)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"{stage.name}: non-finite loss ({loss.item()}) at step {step}")
         optim.zero_grad(set_to_none=True)
-        loss.backward()
-        if hp.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-        optim.step()
+        fault = "loss" if not torch.isfinite(loss) else None
+        if fault is None:
+            loss.backward()
+            if hp.grad_clip:
+                norm = nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
+            else:
+                norm = nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+            fault = None if torch.isfinite(norm) else "gradient"
+        if fault and hp.get("on_nan", "stop") == "stop":
+            good = f"last good checkpoint {last_path}" if last_path.exists() else "no checkpoint saved yet"
+            raise TrainingDiverged(f"{stage.name}: non-finite {fault} ({loss.item()}) at step {step}; {good}",
+                                   stage=stage.name, step=step, what=fault,
+                                   checkpoint=str(last_path) if last_path.exists() else None)
+        if fault:  # on_nan=skip_batch: this batch changes nothing, not even the logged train loss
+            log.warning("%s: non-finite %s at step %d: batch skipped (on_nan=skip_batch)", stage.name, fault, step)
+            skipped.append(step)
+            optim.zero_grad(set_to_none=True)
+        else:
+            optim.step()
+            run_loss += loss.item()
+            run_correct += correct.item()
+            run_count += count.item()
+            run_steps += 1
         step += 1
-        run_loss += loss.item()
-        run_correct += correct.item()
-        run_count += count.item()
-        run_steps += 1
         bar.update()
         if step % eval_every == 0 or step == total:
             metrics = evaluate(model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device)
             elapsed = time.perf_counter() - started
             row = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
-                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps,
+                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps if run_steps else None,
                    "train_acc": run_correct / max(run_count, 1),
                    "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(elapsed, 3)}
             history.append(row)
@@ -188,12 +210,14 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         elif hp.get("ckpt_every") and step % hp.ckpt_every == 0:
             elapsed = time.perf_counter() - started
             save_last()
+    guard.in_loop(False)
     bar.close()
     write_log(log_path, [*prefix_rows, *history])  # also when a kill fell between last.pt and the log
 
     checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
     summary = {"identity": identity, "steps": total, "best_step": best_step, "best_val": best,
-               "wall_time_s": round(time.perf_counter() - started, 3), "history": history}
+               "wall_time_s": round(time.perf_counter() - started, 3), "history": history,
+               "skipped_steps": skipped}
     checkpoint.write_json(done_path, summary)
     return summary
 
