@@ -48,6 +48,20 @@ def check_group_choices(argv: list[str]) -> str | None:
     return None
 
 
+def check_output_folder(argv: list[str]) -> str | None:
+    """An output folder that cannot be written, as one line: Hydra creates it before main() runs
+    and would fail with a traceback."""
+    from recipes.errors import unwritable
+
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in ("out_root", "hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
+            problem = unwritable(Path(value))
+            if problem:
+                return f"{key}={value} cannot be written ({problem}): point it at a writable folder"
+    return None
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
@@ -88,7 +102,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    problem = check_group_choices(sys.argv[1:])
+    problem = check_group_choices(sys.argv[1:]) or check_output_folder(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from recipes import checkpoint, guard
-from recipes.errors import ConfigError, TrainingDiverged, root_cause
+from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
 from tasks.base import DataError, Task
 
 log = logging.getLogger(__name__)
@@ -135,8 +135,11 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
                 raise ConfigError(f"{stage}.{key}={hp[key]!r} must be a number")
         if not hp.lr > 0:
             raise ConfigError(f"{stage}.lr={hp.lr} must be > 0")
-        if hp.weight_decay < 0 or hp.grad_clip < 0 or hp.warmup_steps < 0:
-            raise ConfigError(f"{stage}: weight_decay, grad_clip and warmup_steps must be >= 0")
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):
+            if hp[key] < 0:
+                raise ConfigError(f"{stage}.{key}={hp[key]} must be >= 0")
+        if not isinstance(hp.warmup_steps, int):
+            raise ConfigError(f"{stage}.warmup_steps={hp.warmup_steps} must be a whole number of steps")
         if not 0 <= hp.min_lr_ratio <= 1:
             raise ConfigError(f"{stage}.min_lr_ratio={hp.min_lr_ratio} must be in [0, 1]")
         ratio = hp.get("mask_ratio")
@@ -188,7 +191,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = pick_device(cfg.device)
     task = build_task(cfg.task)
     cache_dir = Path(cfg.cache_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder, option in ((run_dir, "out_root (or hydra.run.dir)"), (cache_dir, "cache_dir")):
+        problem = unwritable(folder)
+        if problem:
+            raise ConfigError(f"cannot write to {folder} ({problem}): set {option} to a writable folder")
     base = {**head, "device": device.type, "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:

@@ -293,6 +293,12 @@ class Task:
                     shutil.rmtree(root)
                 os.replace(tmp, root)  # atomic: a reader sees all of it or none
             loaded = datasets.load_from_disk(str(root))
+        # A two-tower (dual) head on one-document data, or the reverse, would fail deep in a batch.
+        found = "input_ids2" in loaded["train"].column_names
+        if found != self.spec.dual:
+            raise DataError(f"task '{self.spec.name}' declares dual={self.spec.dual} but its data has "
+                            f"{'two documents' if found else 'one document'} per example: make "
+                            f"{type(self).__name__}.spec.dual match what build() returns")
         return {name: to_token_split(loaded[name]) for name in SPLITS}
 
 

@@ -52,7 +52,7 @@ class BatchUnpickler(pickle.Unpickler):
     """The official batches are pickles, and a plain pickle.load runs whatever a planted file names.
     This one builds only dicts, lists, bytes, numbers and numpy arrays; anything else is refused."""
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"),
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # protocol 2 from Python 3
                *((m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
                *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
 
