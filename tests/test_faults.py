@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -283,3 +284,26 @@ def test_no_eval_or_exec_and_no_unsafe_loads_in_the_code():
             assert not (owner == "torch" and name == "load" and keywords.get("weights_only") is not True), where
             assert keywords.get("allow_pickle") is not True, where
             assert not (owner == "yaml" and name in ("load", "unsafe_load")), where
+
+
+def test_report_escapes_every_string_from_files_and_never_counts_a_damaged_result(tmp_path):
+    from reports.__main__ import main
+    from reports.load import load_runs
+
+    hostile = '<q onmouseover="alert(1)">'
+    fields = {k: f"{k}{hostile}" for k in ("task", "arch", "device", "impl", "code_version", "group_hash")}
+    for i, status in enumerate(("ok", "failed", "ok")):
+        checkpoint.write_json(tmp_path / f"runs{hostile}" / f"r{i}" / "result.json", {
+            **fields, "recipe": "spt", "seed": i, "status": status, "config_hash": f"c{i}{hostile}",
+            "reason": None if status == "ok" else f"reason{hostile}", "params": {"total": 10},
+            "metrics": {"test_acc": 0.5, "val_acc": 0.5}, "steps": {"finetune": 1},
+            "wall_time_s": {"finetune": 1.0}, "config": {"finetune": {"lr": hostile}}})
+    damaged = tmp_path / f"runs{hostile}" / "r2" / "result.json"
+    damaged.write_text(damaged.read_text().replace('"test_acc": 0.5', '"test_acc": 0.9'))
+    runs = load_runs(tmp_path).set_index("path")
+    bad = runs.loc[str(damaged.parent)]
+    assert bad["status"] == "unreadable" and "checksum" in bad["reason"] and pd.isna(bad["test_acc"])
+    assert runs.loc[str(damaged.parent.with_name("r0")), "test_acc"] == 0.5
+    assert main([str(tmp_path), "-o", str(tmp_path / "out")]) == 0
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "<q" not in page and page.count("&lt;q onmouseover=&quot;alert(1)&quot;&gt;") >= 5
