@@ -316,7 +316,7 @@ def damage(root: Path) -> str | None:
     try:
         sums = json.loads((root / CHECKSUMS).read_text())
     except (OSError, ValueError):
-        return f"{CHECKSUMS} missing or unreadable"
+        return f"{CHECKSUMS} missing or unreadable (prepared by a version without checksums, or damaged)"
     for name, digest in sums.items():
         path = root / name
         if not path.is_file():
