@@ -51,11 +51,11 @@ def check_group_choices(argv: list[str]) -> str | None:
 def check_output_folder(argv: list[str]) -> str | None:
     """An output folder that cannot be written, as one line: Hydra creates it before main() runs
     and would fail with a traceback."""
-    from recipes.errors import unwritable
-
     for arg in argv:
         key, sep, value = arg.partition("=")
         if sep and key in ("out_root", "hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
+            from recipes.errors import unwritable  # here: it imports torch, which --help need not wait for
+
             problem = unwritable(Path(value))
             if problem:
                 return f"{key}={value} cannot be written ({problem}): point it at a writable folder"
