@@ -4,9 +4,9 @@ the n-th time it reaches <point>:
 
 - `prepare`: the prepared data is saved to its temporary folder, not yet renamed into place;
 - `pretrain` / `finetune`: a loss computation in that stage (training or validation);
-- `write:<file name>`: a file (last.pt, best.pt, done.json, result.json, report.html, ...) is written
-  to its temporary name, just before the rename; with KILL the temporary file is first cut to half
-  its size, as a kill in the middle of the write would leave it.
+- `write:<path end>`: a file whose path ends so (last.pt, checkpoints/best.pt, result.json, ...)
+  is written to its temporary name, just before the rename; with KILL the temporary file is first
+  cut to half its size, as a kill in the middle of the write would leave it.
 
 The hooks live here, wrapped around the code under test, so the product carries no test switches.
 """
@@ -17,7 +17,6 @@ import os
 import runpy
 import signal
 import sys
-from pathlib import Path
 
 import datasets
 
@@ -56,7 +55,7 @@ real_replace = os.replace
 
 
 def replace(src, dst, *args, **kwargs):
-    if point == f"write:{Path(dst).name}" and reached():
+    if point.startswith("write:") and f"/{dst}".endswith(f"/{point[6:]}") and reached():
         if how == "KILL":  # a kill can land mid-write; SIGTERM's handler never leaves a torn file
             os.truncate(src, os.path.getsize(src) // 2)
         fault()

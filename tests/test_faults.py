@@ -49,8 +49,7 @@ CHAIN = [
     ("prepare:1:TERM", 143),         # data in its temporary folder, not yet in place; outside training
     ("write:last.pt:1:KILL", -9),    # the first pretraining checkpoint torn mid-write
     ("pretrain:5:TERM", 143),        # preempted during pretraining: last.pt saved at a step boundary
-    ("write:done.json:1:KILL", -9),  # resumed from that checkpoint, finished pretraining, summary torn
-    ("write:best.pt:1:KILL", -9),    # the first fine-tuning best checkpoint torn
+    ("write:checkpoints/best.pt:1:KILL", -9),  # resumed from it; fine-tuning's first best.pt torn
     ("finetune:6:TERM", 143),        # preempted during fine-tuning
     ("write:result.json:1:KILL", -9),  # resumed fine-tuning, result.json torn mid-write
     (None, 0),
@@ -90,11 +89,13 @@ def test_killed_and_preempted_at_every_point_then_rerun_equals_an_uninterrupted_
     assert not list(work.rglob("*.corrupt"))  # nothing torn ever reached a real file name
 
     # Report writing killed mid-write: no torn report.html appears; the rerun writes it whole.
+    from reports.__main__ import main
+
     (work / "run").rename(work / "runs" / "run")
-    report = ["-m", "reports", str(work / "runs"), "-o", str(work / "report")]
-    assert faulted("write:report.html:1:KILL", report, work).returncode == -9
-    assert not (work / "report" / "report.html").exists()
-    assert faulted(None, report, work).returncode == 0
+    report = [str(work / "runs"), "-o", str(work / "report")]
+    assert faulted("write:report.html:1:KILL", ["-m", "reports", *report], work).returncode == -9
+    assert (work / "report" / "report.md").exists() and not (work / "report" / "report.html").exists()
+    assert main(report) == 0
     assert (work / "report" / "report.html").read_text().endswith("</html>\n")
 
 
@@ -102,7 +103,8 @@ def test_two_processes_needing_the_same_data_and_pretraining_produce_them_once(t
     """Two seeds sharing one pretraining (pretrain.seed=0), started together: one prepares the data
     and pretrains while the other waits on the locks, then reuses both."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), *SMALL, "pretrain.seed=0", f"seed={s}",
+    short = ["pretrain.max_steps=4", "finetune.max_steps=4"]
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "run.py"), *SMALL, *short, "pretrain.seed=0", f"seed={s}",
                                f"hydra.run.dir=run{s}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for s in (0, 1)]
     logs = [p.communicate(timeout=300)[0] for p in procs]
