@@ -87,18 +87,33 @@ def check_launcher(argv: list[str]) -> str | None:
     return None
 
 
+def check_output_folder(argv: list[str]) -> str | None:
+    """An output folder that cannot be written, as one line: Hydra creates it before main() runs
+    and would fail with a traceback."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in ("out_root", "hydra.run.dir", "hydra.sweep.dir") and "$" not in value:
+            from recipes.errors import unwritable  # here: it imports torch, which --help need not wait for
+
+            problem = unwritable(Path(value))
+            if problem:
+                return f"{key}={value} cannot be written ({problem}): point it at a writable folder"
+    return None
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from recipes import experiment
+    from recipes import experiment, guard
     from recipes.errors import USER_ERRORS, TrainingDiverged
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN  # in a sweep, one bad job must not stop the others
     try:
-        experiment.run(cfg, Path(hc.runtime.output_dir))
+        with guard.sigterm_saves():  # a preempted run saves a checkpoint, then exits 143
+            experiment.run(cfg, Path(hc.runtime.output_dir))
     except USER_ERRORS as exc:
         log.error("%s", exc)
         print(f"error: {exc}", file=sys.stderr)
@@ -110,6 +125,9 @@ def main(cfg: DictConfig) -> None:
         if not multirun:
             sys.exit(1)
         job_failed(f"{hc.runtime.output_dir}: {exc}", hc.job.num)
+    except guard.Preempted as exc:  # the whole process is going: a sweep stops here too
+        print(f"preempted: {exc}; run the same command to resume", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
@@ -123,7 +141,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    problem = check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:])
+    problem = check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:]) or check_output_folder(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -24,8 +24,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from recipes import checkpoint, compute, distributed
-from recipes.errors import ConfigError, TrainingDiverged, root_cause
+from recipes import checkpoint, compute, distributed, guard
+from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
 from tasks.base import DataError, Task
 
 log = logging.getLogger(__name__)
@@ -136,14 +136,19 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
                 raise ConfigError(f"{stage}.{key}={hp[key]!r} must be a number")
         if not hp.lr > 0:
             raise ConfigError(f"{stage}.lr={hp.lr} must be > 0")
-        if hp.weight_decay < 0 or hp.grad_clip < 0 or hp.warmup_steps < 0:
-            raise ConfigError(f"{stage}: weight_decay, grad_clip and warmup_steps must be >= 0")
+        for key in ("weight_decay", "grad_clip", "warmup_steps"):
+            if hp[key] < 0:
+                raise ConfigError(f"{stage}.{key}={hp[key]} must be >= 0")
+        if not isinstance(hp.warmup_steps, int):
+            raise ConfigError(f"{stage}.warmup_steps={hp.warmup_steps} must be a whole number of steps")
         if not 0 <= hp.min_lr_ratio <= 1:
             raise ConfigError(f"{stage}.min_lr_ratio={hp.min_lr_ratio} must be in [0, 1]")
         ratio = hp.get("mask_ratio")
         if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1):
             raise ConfigError(f"{stage}.mask_ratio={ratio!r} must be a number in (0, 1), or null for the "
                               "task's default")
+        if hp.get("on_nan", "stop") not in guard.ON_NAN:
+            raise ConfigError(f"{stage}.on_nan={hp.on_nan!r} must be one of {', '.join(guard.ON_NAN)}")
         pixel_loss = hp.get("pixel_loss")
         if pixel_loss is not None and pixel_loss not in ("ce", "l1"):
             raise ConfigError(f"{stage}.pixel_loss={pixel_loss!r} must be ce, l1, or null for the task's default")
@@ -172,8 +177,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "config_hash": config_hash, "group_hash": digest(seedless)}
 
     result_path = run_dir / "result.json"
-    if result_path.exists():
-        old = checkpoint.read_json(result_path)
+    old = checkpoint.read_intact(result_path)  # a damaged one is moved aside and the run recomputed
+    if old is not None:
         if old.get("config_hash") != config_hash:
             raise ConfigError(f"{run_dir} holds a run of another configuration "
                               f"({checkpoint.describe_diff(old.get('config', {}), plain)}); "
@@ -188,7 +193,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     how = compute.resolve(cfg.compute, device)
     task = build_task(cfg.task)
     cache_dir = Path(cfg.cache_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for folder, option in ((run_dir, "out_root (or hydra.run.dir)"), (cache_dir, "cache_dir")):
+        problem = unwritable(folder)
+        if problem:
+            raise ConfigError(f"cannot write to {folder} ({problem}): set {option} to a writable folder")
     base = {**head, "device": device.type, "hardware": compute.hardware(device, how), "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:
@@ -200,7 +208,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except (ConfigError, DataError, checkpoint.CheckpointError):
         raise
     except TrainingDiverged as exc:
-        write_failed(result_path, base, str(exc), started)
+        write_failed(result_path, base, str(exc), started, diverged=exc.details)
         raise
     except Exception as exc:
         write_failed(result_path, base, f"{type(exc).__name__}: {exc}", started)
@@ -215,10 +223,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     return result
 
 
-def write_failed(path: Path, base: dict, reason: str, started: float) -> None:
+def write_failed(path: Path, base: dict, reason: str, started: float, **extra) -> None:
     log.error("run failed: %s", reason)
     if not distributed.is_main():
         return
-    checkpoint.write_json(path, {**base, "status": "failed", "reason": reason,
+    checkpoint.write_json(path, {**base, "status": "failed", "reason": reason, **extra,
                                  "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
                                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})

@@ -12,8 +12,10 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
@@ -97,12 +99,24 @@ class TokenPredictor(nn.Module):
         return self.head(self.body(ids, mask)[0])
 
 
+def flag_options(target: str) -> list[str]:
+    """The constructor arguments of `target` annotated `bool`."""
+    try:
+        cls = get_class(target)
+    except Exception:  # instantiate reports the import error in build_backbone
+        return []
+    return [n for n, p in inspect.signature(cls).parameters.items() if p.annotation in (bool, "bool")]
+
+
 def build_backbone(arch_cfg: DictConfig, max_len: int) -> nn.Module:
     """Instantiate `conf/arch/<name>.yaml`: `name` is the label, everything else the constructor's."""
     params = OmegaConf.to_container(arch_cfg, resolve=True)
     name = params.pop("name", "?")
     if "_target_" not in params:
         raise ConfigError(f"arch '{name}' has no _target_: its YAML must name the backbone class")
+    for key in flag_options(params["_target_"]):
+        if key in params and not isinstance(params[key], bool):  # a string such as 'no' would be truthy
+            raise ConfigError(f"arch.{key}={params[key]!r} must be true or false")
     try:
         return instantiate(params, max_len=max_len, _convert_="all")
     except Exception as exc:  # Hydra wraps constructor errors; show the root cause in one line

@@ -118,7 +118,7 @@ def run(ctx) -> dict:
         # Whether this run found the pretraining already done, fixed at its first attempt, so that a
         # run resumed after its own pretraining still reports reused=false.
         marker = ctx.run_dir / "pretrain_source.json"
-        source = checkpoint.read_json(marker) if marker.exists() else {}
+        source = checkpoint.read_intact(marker) or {}
         if source.get("key") != key:
             source = {"key": key, "reused": (out / "done.json").exists()}
             if distributed.is_main():
@@ -142,6 +142,7 @@ def run(ctx) -> dict:
         "pretrain_best_step": summary["best_step"],
     })
     result["steps"]["pretrain"] = summary["steps"]
+    result["skipped_steps"]["pretrain"] = summary["skipped_steps"]
     result["wall_time_s"]["pretrain"] = summary["wall_time_s"]
     result["pretrain"] = {"key": key, "dir": str(out), "reused": reused, "objective": objective, "mask_ratio": ratio,
                           "seed": seed, "pixel_loss": pixel_loss}

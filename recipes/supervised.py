@@ -41,6 +41,7 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
         "wall_time_s": {"finetune": summary["wall_time_s"]},
         # Which implementation ran (e.g. Mamba's fused CUDA kernels or the PyTorch path).
         "impl": str(getattr(body.backbone, "impl", "torch")),
+        "skipped_steps": {"finetune": summary["skipped_steps"]},  # batches dropped by on_nan=skip_batch
     }
 
 

@@ -3,7 +3,8 @@
 AdamW with parameter groups (no weight decay on norms and biases, i.e. tensors with < 2 dims; a
 parameter may carry `_optim = {"lr": ..., "weight_decay": ...}` to override, as SSM parameters do),
 linear warmup then cosine decay, gradient clipping, validation every `eval_every` steps, the best
-validation score kept, a resumable checkpoint, and a metrics log.
+validation score kept, a resumable checkpoint, and a metrics log. A non-finite loss or gradient
+and SIGTERM are handled as recipes/guard.py describes.
 
 Determinism and resume: batch order for epoch e is a permutation seeded by (seed, e), and the
 torch RNG state (dropout, masking) is saved with each checkpoint, so a run resumed from step s
@@ -35,7 +36,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from recipes import checkpoint, distributed
+from recipes import checkpoint, distributed, guard
 from recipes.compute import PLAIN, Compute, batches
 from recipes.errors import CheckpointError, TrainingDiverged
 from tasks.base import TokenSplit
@@ -144,6 +145,9 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     main = distributed.is_main()
     model = stage.model.to(device)
     done_path, last_path, best_path = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
+    if main:
+        checkpoint.discard_if_damaged((done_path, last_path, best_path), identity)  # damaged: redo the stage
+    distributed.barrier()  # no rank looks at the files before rank 0 has checked them
     if done_path.exists():
         summary = checkpoint.read_json(done_path)
         if summary.get("identity") != identity:
@@ -166,6 +170,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     # Sums since the last validation; checkpointed so a resumed run logs the same train_loss.
     run_loss = run_correct = run_count = 0.0
     run_steps = 0
+    skipped: list[int] = []  # steps whose batch on_nan=skip_batch dropped
     if last_path.exists():
         state = checkpoint.load(last_path, identity)
         checkpoint.load_weights(model, state["model"], last_path)
@@ -183,6 +188,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
         best, best_step = state["best"], state["best_step"]
         run_loss, run_correct, run_count, run_steps = state["running"]
+        skipped = state["skipped"]
         log.info("%s: resuming from %s at step %d of %d", stage.name, last_path, step, total)
     else:
         torch.manual_seed(distributed.rank_seed(seed))
@@ -197,7 +203,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             "identity": identity, "model": model.state_dict(), "optim": optim.state_dict(),
             "rng": rngs[0][0], "cuda_rng": rngs[0][1], "rank_rng": rngs[1:], "scaler": scaler.state_dict(),
             "step": step, "elapsed": elapsed, "history": history, "best": best, "best_step": best_step,
-            "running": [run_loss, run_correct, run_count, run_steps],
+            "running": [run_loss, run_correct, run_count, run_steps], "skipped": skipped,
         })
 
     started = time.perf_counter() - elapsed
@@ -207,7 +213,14 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     bar = tqdm(total=total, initial=step, desc=stage.name, disable=not progress or not main, leave=False,
                dynamic_ncols=True)
     order_epoch, plan, loaded = -1, {}, None
+    guard.in_loop(True)
     while step < total:
+        # SIGTERM: acted on at a step boundary, where the state is consistent. Under torchrun the ranks
+        # agree first (ranks may see the signal a step apart, and saving is collective).
+        if distributed.sum_all([float(guard.stop_requested())])[0]:
+            elapsed = time.perf_counter() - started
+            save_last()
+            raise guard.Preempted(f"{stage.name}: saved {last_path} at step {step} of {total}")
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # this rank's pieces of every step left in the epoch, loaded ahead
             order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
@@ -220,28 +233,42 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             group["lr"] = group["base_lr"] * factor
         optim.zero_grad(set_to_none=True)
         loss_sum, correct, count = accumulate(stage, train_model, *plan[pos], loaded, scaler, compute, device)
-        loss = loss_sum / max(count, 1)  # the global batch's mean loss
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"{stage.name}: non-finite loss ({loss}) at step {step}")
+        loss = loss_sum / max(count, 1)  # the global batch's mean loss, the same on every rank
         scaler.unscale_(optim)
         for p in model.parameters():
             if p.grad is not None:
                 p.grad.mul_(distributed.world() / max(count, 1))
-        if hp.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
-        scaler.step(optim)
-        scaler.update()
+        # After DDP's all-reduce the norm, like the loss, is the same on every rank: all ranks take the
+        # same decision below. max_norm=inf measures without clipping.
+        norm = nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip or math.inf)
+        fault = "loss" if not math.isfinite(loss) else None
+        # In fp16 an overflowing gradient is the GradScaler's business: it skips the step, lowers the scale.
+        if fault is None and not torch.isfinite(norm) and compute.precision != "fp16":
+            fault = "gradient"
+        if fault and hp.get("on_nan", "stop") == "stop":
+            good = f"last good checkpoint {last_path}" if last_path.exists() else "no checkpoint saved yet"
+            raise TrainingDiverged(f"{stage.name}: non-finite {fault} ({loss}) at step {step}; {good}",
+                                   stage=stage.name, step=step, what=fault,
+                                   checkpoint=str(last_path) if last_path.exists() else None)
+        if fault:  # on_nan=skip_batch: this batch changes nothing, not even the logged train loss
+            log.warning("%s: non-finite %s at step %d: batch skipped (on_nan=skip_batch)", stage.name, fault, step)
+            skipped.append(step)
+            optim.zero_grad(set_to_none=True)
+            scaler.update()
+        else:
+            scaler.step(optim)
+            scaler.update()
+            run_loss += loss
+            run_correct += correct
+            run_count += count
+            run_steps += 1
         step += 1
-        run_loss += loss
-        run_correct += correct
-        run_count += count
-        run_steps += 1
         bar.update()
         if step % eval_every == 0 or step == total:
             metrics = evaluate(model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device, compute)
             elapsed = time.perf_counter() - started
             row = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
-                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps,
+                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps if run_steps else None,
                    "train_acc": run_correct / max(run_count, 1),
                    "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(elapsed, 3)}
             history.append(row)
@@ -260,13 +287,15 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         elif hp.get("ckpt_every") and step % hp.ckpt_every == 0:
             elapsed = time.perf_counter() - started
             save_last()
+    guard.in_loop(False)
     bar.close()
     if main:
         write_log(log_path, [*prefix_rows, *history])  # also when a kill fell between last.pt and the log
     distributed.barrier()  # rank 0 has written best.pt before any rank reads it
     checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
     summary = {"identity": identity, "steps": total, "best_step": best_step, "best_val": best,
-               "wall_time_s": round(time.perf_counter() - started, 3), "history": history}
+               "wall_time_s": round(time.perf_counter() - started, 3), "history": history,
+               "skipped_steps": skipped}
     if main:
         checkpoint.write_json(done_path, summary)
     return summary

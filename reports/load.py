@@ -10,6 +10,7 @@ metrics.jsonl (stage, step, val_acc, ...).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             r = json.loads(path.read_text())
             if not isinstance(r, dict):
                 raise ValueError(f"expected a JSON object, found {type(r).__name__}")
+            # The checksum recipes/checkpoint.py writes: a damaged or edited result is never counted.
+            digest = r.pop("sha256", None)
+            if digest is not None and digest != hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest():
+                raise ValueError("does not match its checksum (damaged or edited); rerun the same command to "
+                                 "recompute it")
         except (OSError, ValueError) as exc:
             rows.append({"path": str(path.parent), "status": "unreadable", "reason": f"result.json: {exc}"})
             continue

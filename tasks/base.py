@@ -270,6 +270,14 @@ class Task:
         root.parent.mkdir(parents=True, exist_ok=True)
         # The lock makes two runs that need the same data build it once.
         with FileLock(str(root) + ".lock"):
+            for stale in root.parent.glob(f".tmp-{root.name}-*"):  # left by a preparation that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+            problem = damage(root) if (root / "key.json").exists() else None
+            if problem:  # never train on damaged data: keep it aside to inspect, prepare it again
+                log.warning("data: %s is damaged (%s); moved aside as %s.corrupt, preparing it again",
+                            root, problem, root.name)
+                shutil.rmtree(root.with_name(root.name + ".corrupt"), ignore_errors=True)
+                os.replace(root, root.with_name(root.name + ".corrupt"))
             if (root / "key.json").exists():
                 log.info("data: cached %s", root)
             else:
@@ -277,12 +285,45 @@ class Task:
                 built = self.build()
                 tmp = root.parent / f".tmp-{root.name}-{uuid.uuid4().hex[:8]}"
                 datasets.DatasetDict(built).save_to_disk(str(tmp))
+                sums = {str(f.relative_to(tmp)): sha256_file(f) for f in sorted(tmp.rglob("*")) if f.is_file()}
+                (tmp / CHECKSUMS).write_text(json.dumps(sums, indent=1))
+                # key.json last: its presence says the folder is complete
                 (tmp / "key.json").write_text(json.dumps(key, sort_keys=True, default=str, indent=1))
                 if root.exists():  # a half-written dir from a crash before key.json: replace it
                     shutil.rmtree(root)
                 os.replace(tmp, root)  # atomic: a reader sees all of it or none
             loaded = datasets.load_from_disk(str(root))
+        # A two-tower (dual) head on one-document data, or the reverse, would fail deep in a batch.
+        found = "input_ids2" in loaded["train"].column_names
+        if found != self.spec.dual:
+            raise DataError(f"task '{self.spec.name}' declares dual={self.spec.dual} but its data has "
+                            f"{'two documents' if found else 'one document'} per example: make "
+                            f"{type(self).__name__}.spec.dual match what build() returns")
         return {name: to_token_split(loaded[name]) for name in SPLITS}
+
+
+CHECKSUMS = "checksums.json"  # sha256 of every file of a prepared cache, checked before each use
+
+
+def sha256_file(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def damage(root: Path) -> str | None:
+    """Why a prepared cache folder cannot be trusted (a file missing, changed, truncated), or None.
+    Arrow files carry no checksums of their own: a flipped byte would silently change tokens."""
+    try:
+        sums = json.loads((root / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return f"{CHECKSUMS} missing or unreadable (prepared by a version without checksums, or damaged)"
+    for name, digest in sums.items():
+        path = root / name
+        if not path.is_file():
+            return f"{name} missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its checksum"
+    return None
 
 
 def to_token_split(ds) -> TokenSplit | DualSplit:

@@ -48,13 +48,27 @@ def grayscale(rgb: np.ndarray) -> np.ndarray:
     return ((rgb.astype(np.int64) @ LUMA + 500) // 1000).astype(np.uint8).reshape(len(rgb), -1)
 
 
+class BatchUnpickler(pickle.Unpickler):
+    """The official batches are pickles, and a plain pickle.load runs whatever a planted file names.
+    This one builds only dicts, lists, bytes, numbers and numpy arrays; anything else is refused."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),  # protocol 2 from Python 3
+               *((m, "_reconstruct") for m in ("numpy.core.multiarray", "numpy._core.multiarray")),
+               *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only numpy arrays are expected)")
+        return super().find_class(module, name)
+
+
 def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One official python batch -> (rgb (N, 32, 32, 3) uint8, labels (N,) int64)."""
     if not path.is_file():
         raise DataError(f"{path} not found: expected {', '.join(TRAIN_FILES)} and {TEST_FILE} from {HINT}")
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = BatchUnpickler(f, encoding="bytes").load()
         data, labels = np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise DataError(f"{path}: not a CIFAR-10 python batch (a pickled dict with b'data' and b'labels'): "
