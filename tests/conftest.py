@@ -43,3 +43,16 @@ def cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedP
 @pytest.fixture
 def tmp_run(tmp_path):
     return tmp_path / "run"
+
+
+def nan_loss(at_call: int):
+    """recipes.supervised.classify_loss, except that its loss is NaN at call `at_call` (1-based)."""
+    import recipes.supervised
+
+    real, calls = recipes.supervised.classify_loss, []
+
+    def loss_fn(model, ids, mask, labels):
+        loss, c, n = real(model, ids, mask, labels)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == at_call else loss), c, n
+    return loss_fn

@@ -47,28 +47,20 @@ def listops_files(content: dict):
     return write
 
 
-def imdb(damage):
-    def write(tmp):
-        root = write_imdb(tmp, n_per_class=2)
-        damage(root)
-        return root
-    return write
+def damaged(make_root):
+    """-> damage -> write(tmp): official-format files from make_root(tmp), then damage(root) on them."""
+    def with_damage(damage):
+        def write(tmp):
+            root = make_root(tmp)
+            damage(root)
+            return root
+        return write
+    return with_damage
 
 
-def aan(damage):
-    def write(tmp):
-        root = write_aan(tmp, n=4)
-        damage(root)
-        return root
-    return write
-
-
-def cifar(damage):
-    def write(tmp):
-        root, _ = write_cifar(tmp, n_per_batch=4)
-        damage(root)
-        return root
-    return write
+imdb = damaged(lambda tmp: write_imdb(tmp, n_per_class=2))
+aan = damaged(lambda tmp: write_aan(tmp, n=4))
+cifar = damaged(lambda tmp: write_cifar(tmp, n_per_batch=4)[0])
 
 
 def pathfinder(damage):

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 import recipes.supervised
 from recipes import checkpoint, experiment
 from recipes.errors import CheckpointError, TrainingDiverged
-from tests.conftest import ROOT, make_cfg
+from tests.conftest import ROOT, make_cfg, nan_loss
 from tests.test_recipes import rows
 
 SIZES = ["task.n_train=200", "task.n_val=64", "task.n_test=64", "task.min_length=4",
@@ -240,15 +240,7 @@ def test_non_finite_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tm
 
 
 def test_skip_batch_policy_drops_the_bad_batch_and_records_it(tmp_path, monkeypatch):
-    real = recipes.supervised.classify_loss
-    calls = []
-
-    def nan_loss_at_third(model, ids, mask, labels):
-        loss, c, n = real(model, ids, mask, labels)
-        calls.append(1)
-        return (loss * float("nan") if len(calls) == 3 else loss), c, n
-
-    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_loss_at_third)
+    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_loss(3))
     result = experiment.run(make_cfg(small("supervised", *QUICK, "finetune.on_nan=skip_batch"), tmp_path),
                             tmp_path / "run")
     assert result["status"] == "ok" and result["skipped_steps"] == {"finetune": [2]}

@@ -13,7 +13,7 @@ import recipes.spt
 import recipes.supervised
 from recipes import experiment
 from recipes.errors import CheckpointError, ConfigError, TrainingDiverged
-from tests.conftest import make_cfg, tiny
+from tests.conftest import make_cfg, nan_loss, tiny
 
 QUICK = ["finetune.max_steps=6", "finetune.eval_every=3"]
 QUICK_SPT = [*QUICK, "pretrain.max_steps=6", "pretrain.eval_every=3"]
@@ -123,15 +123,7 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch, c
 
 
 def test_non_finite_loss_is_recorded_as_failed(tmp_path, monkeypatch):
-    real = recipes.supervised.classify_loss
-    calls = []
-
-    def nan_at_third(model, ids, mask, labels):
-        loss, c, n = real(model, ids, mask, labels)
-        calls.append(1)
-        return (loss * float("nan") if len(calls) == 3 else loss), c, n
-
-    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_at_third)
+    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_loss(3))
     with pytest.raises(TrainingDiverged):
         experiment.run(make_cfg(tiny("supervised"), tmp_path), tmp_path / "run")
     result = json.loads((tmp_path / "run" / "result.json").read_text())
