@@ -129,7 +129,9 @@ def _measure(arch: str, length: int, args: dict) -> dict:
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:  # ru_maxrss is in KiB on Linux
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        # statm and rusage count resident pages slightly differently: a step that allocates nothing
+        # new can come out a fraction of a MB below zero.
+        peak = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base)
     return {"arch": arch, "L": length, "batch": batch, "params": n_params(model),
             "impl": str(getattr(model, "impl", "torch")),
             "step_s": seconds, "tokens_per_s": batch * length / seconds, "peak_mem_mb": peak / 2**20,
