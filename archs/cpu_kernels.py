@@ -93,8 +93,10 @@ def library(name: str) -> ctypes.CDLL:
         raise KernelUnavailable(f"cannot load {target} ({exc}); delete it to rebuild") from exc
 
 
+@functools.cache
 def unavailable_reason(name: str) -> str | None:
-    """None if archs/<name>.cpp works here, else why not."""
+    """None if archs/<name>.cpp works here, else why not. Cached: `library` caches only successes, and
+    impl=auto asks at every forward, where retrying a missing compiler would start a process each time."""
     try:
         library(name)
     except KernelUnavailable as exc:

@@ -196,6 +196,7 @@ def test_mamba_impl_is_recorded_and_never_a_silent_fallback(tmp_path, monkeypatc
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("SPTBENCH_KERNEL_CACHE", str(tmp_path / "kernels"))
     cpu_kernels.library.cache_clear()
+    cpu_kernels.unavailable_reason.cache_clear()
     try:
         for arch in ("mamba", "s4"):
             with pytest.raises(ConfigError, match="impl=cpp: no C\\+\\+ compiler .*no-such-compiler"):
@@ -209,6 +210,7 @@ def test_mamba_impl_is_recorded_and_never_a_silent_fallback(tmp_path, monkeypatc
         assert len(warnings) == 1
     finally:
         cpu_kernels.library.cache_clear()
+        cpu_kernels.unavailable_reason.cache_clear()
 
 
 @needs_cpp
