@@ -109,17 +109,24 @@ def pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="sptbench-kernel")
 
 
-def run_tasks(fn, tasks: int, *args) -> None:
-    """fn(*args, first, last) over [0, tasks) split across torch's thread count; ctypes releases the GIL
-    during each call, so the ranges run in parallel."""
-    workers = max(1, min(torch.get_num_threads(), tasks))
+def workers_for(tasks: int) -> int:
+    """How many calls run_tasks splits `tasks` into."""
+    return max(1, min(torch.get_num_threads(), tasks))
+
+
+def run_tasks(fn, tasks: int, *args, per_worker=None) -> None:
+    """fn(*args, *per_worker(w), first, last) for each worker w < workers_for(tasks), over disjoint
+    ranges [first, last) that cover [0, tasks); per_worker gives what differs between workers (a
+    private accumulator, say), nothing if None. ctypes releases the GIL during each call, so the
+    ranges run in parallel on torch's thread count."""
+    workers = workers_for(tasks)
     bounds = [tasks * i // workers for i in range(workers + 1)]
+    calls = [(*args, *(per_worker(w) if per_worker else ()), ctypes.c_long(lo), ctypes.c_long(hi))
+             for w, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))]
     if workers == 1:
-        fn(*args, ctypes.c_long(0), ctypes.c_long(tasks))
+        fn(*calls[0])
         return
-    futures = [pool(workers).submit(fn, *args, ctypes.c_long(lo), ctypes.c_long(hi))
-               for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    for f in futures:
+    for f in [pool(workers).submit(fn, *call) for call in calls]:
         f.result()
 
 

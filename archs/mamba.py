@@ -16,8 +16,8 @@ out_proj), so weights move between this file and mamba-ssm unchanged.
 
 Implementation (`impl`), the same parameters and the same results for each:
 - `cuda`: mamba-ssm's fused `selective_scan_fn` (CUDA tensors);
-- `cpp`: the compiled CPU scan of archs/mamba_cpu.py (built on first use with the system's C++
-  compiler; several times faster than `torch`);
+- `cpp`: the compiled CPU scan and convolution of archs/mamba_cpu.py (built on first use with the
+  system's C++ compiler; several times faster than `torch`);
 - `torch`: `SelectiveScan` below, pure PyTorch, any device;
 - `auto`: `cuda` for CUDA tensors when mamba-ssm is installed, `cpp` for CPU tensors when it
   builds, else `torch` (the reason is logged once).
@@ -177,7 +177,8 @@ class MambaMixer(nn.Module):
     def forward(self, u: Tensor, scan: str) -> Tensor:
         """u (b, l, d) -> (b, l, d); scan is the implementation: "cuda", "cpp" or "torch"."""
         x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, e) each
-        x = CausalConvSiLU.apply(x, self.conv1d.weight, self.conv1d.bias)
+        conv = mamba_cpu.conv_silu_cpp if scan == "cpp" else CausalConvSiLU.apply
+        x = conv(x, self.conv1d.weight, self.conv1d.bias)
         dt, b, c = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         a = -torch.exp(self.A_log.float())  # (e, n)
         if scan == "cpp":  # the same computation as the fused CUDA call below, in one CPU kernel

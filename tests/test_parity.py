@@ -132,40 +132,55 @@ def test_mamba_scan_matches_sequential_reference_forward_and_gradients(chunk):
 
 
 @needs_cpp
-def test_mamba_cpp_scan_matches_sequential_reference_forward_and_gradients():
+@pytest.mark.parametrize("n, r, dtype", [(4, 3, torch.float64), (19, 11, torch.float64), (16, 8, torch.float32)])
+def test_mamba_cpp_scan_matches_sequential_reference_forward_and_gradients(n, r, dtype):
     """The compiled scan with softplus, D and the silu(z) gate, as mamba-ssm's selective_scan_fn.
-    Odd sizes: e = 21 is a full block of 16 channels and a partial one; l = 150 spans two whole
-    64-step chunks and a partial one; z is a strided view, as in the model."""
+    Odd sizes: e = 21 is two whole blocks of 8 channels and a partial one; l = 150 spans two whole
+    64-step chunks and a partial one; n = 19 (and dt rank r = 11) is two groups (one) of 8 summed over
+    channels together and 3 summed one by one; z is a strided view, as in the model. In float32 the
+    kernel's own exp runs, and A reaches -300 so that exp(Δ A) underflows; the reference stays in
+    float64."""
     torch.manual_seed(0)
-    bsz, length, e, n, r = 2, 150, 21, 4, 3
-    x, dt_low, b, c = (torch.randn(bsz, length, k, dtype=torch.float64, requires_grad=True) for k in (e, r, n, n))
-    dt_weight = torch.randn(e, r, dtype=torch.float64, requires_grad=True)
-    xz = torch.randn(bsz, length, 2 * e, dtype=torch.float64, requires_grad=True)
+    bsz, length, e = 2, 150, 21
+    x, dt_low, b, c = (torch.randn(bsz, length, k, dtype=dtype, requires_grad=True) for k in (e, r, n, n))
+    dt_weight = torch.randn(e, r, dtype=dtype, requires_grad=True)
+    xz = torch.randn(bsz, length, 2 * e, dtype=dtype, requires_grad=True)
     z = xz[..., e:]
-    a = (-torch.rand(e, n, dtype=torch.float64) * 3).requires_grad_()
-    d, dt_bias = (torch.randn(e, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    out = mamba_cpu.selective_scan_cpp(x, dt_low, dt_weight, a, b, c, d, z, dt_bias)
-    delta = torch.nn.functional.softplus(dt_low @ dt_weight.T + dt_bias)
-    ref = (reference_scan(x, delta, a, b, c) + d * x) * torch.nn.functional.silu(z)
-    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
-    weight = torch.randn_like(out)
+    a = (-torch.rand(e, n, dtype=dtype) * (3 if dtype == torch.float64 else 300)).requires_grad_()
+    d, dt_bias = (torch.randn(e, dtype=dtype, requires_grad=True) for _ in range(2))
     inputs = [x, dt_low, dt_weight, a, b, c, d, xz, dt_bias]
-    grads = torch.autograd.grad((out * weight).sum(), inputs)
-    grads_ref = torch.autograd.grad((ref * weight).sum(), inputs)
+    out = mamba_cpu.selective_scan_cpp(x, dt_low, dt_weight, a, b, c, d, z, dt_bias)
+    x64, dt_low64, dt_weight64, a64, b64, c64, d64, xz64, dt_bias64 = inputs64 = [
+        t.detach().double().requires_grad_() for t in inputs]
+    z64 = xz64[..., e:]
+    delta = torch.nn.functional.softplus(dt_low64 @ dt_weight64.T + dt_bias64)
+    ref = (reference_scan(x64, delta, a64, b64, c64) + d64 * x64) * torch.nn.functional.silu(z64)
+    tol = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    weight = torch.randn_like(ref)
+    grads = torch.autograd.grad((out * weight.to(dtype)).sum(), inputs)
+    grads_ref = torch.autograd.grad((ref * weight).sum(), inputs64)
+    tol = dict(atol=1e-10, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-4, rtol=1e-4)
     for name, g, g_ref in zip("x dt_low dt_weight A B C D xz dt_bias".split(), grads, grads_ref):
-        torch.testing.assert_close(g, g_ref, atol=1e-10, rtol=1e-9, msg=f"gradient of {name}")
+        torch.testing.assert_close(g.double(), g_ref, **tol, msg=f"gradient of {name}")
 
 
-def test_mamba_causal_conv_equals_conv1d_and_its_gradients_are_exact():
-    """The shifted-product convolution (with its SiLU and hand-written backward) against nn.Conv1d."""
+@pytest.mark.parametrize("impl", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("length", [13, 2])
+def test_mamba_causal_conv_equals_conv1d_and_its_gradients_are_exact(impl, length):
+    """The convolution with its SiLU and hand-written backward against nn.Conv1d: the PyTorch version
+    (shifted products) and the compiled one, fed as in the model, a strided view of in_proj's output.
+    e = 11 is a whole block of 8 channels and a partial one; length 2 is shorter than the kernel."""
     from archs.mamba import CausalConvSiLU
 
+    fn = mamba_cpu.CppConvSiLU.apply if impl == "cpp" else CausalConvSiLU.apply
     torch.manual_seed(0)
-    x = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
-    conv = torch.nn.Conv1d(5, 5, 4, groups=5, padding=3).double()
-    ref = torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :13]).transpose(1, 2)
-    torch.testing.assert_close(CausalConvSiLU.apply(x, conv.weight, conv.bias), ref)
-    assert torch.autograd.gradcheck(CausalConvSiLU.apply, (x, conv.weight, conv.bias))
+    xz = torch.randn(2, length, 22, dtype=torch.float64, requires_grad=True)
+    conv = torch.nn.Conv1d(11, 11, 4, groups=11, padding=3).double()
+    x = xz[..., :11]
+    ref = torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :length]).transpose(1, 2)
+    torch.testing.assert_close(fn(x, conv.weight, conv.bias), ref)
+    assert torch.autograd.gradcheck(lambda xz, w, b: fn(xz[..., :11], w, b), (xz, conv.weight, conv.bias))
 
 
 def test_mamba_mixer_has_mamba_ssm_parameter_names_and_shapes():
