@@ -115,7 +115,9 @@ class SSMBlock(nn.Module):
         u = self.norm(x)
         if mask is not None:  # zero the padding: a bidirectional kernel would carry it backwards
             u = u * mask[..., None]
-        y = self.drop(F.gelu(self.conv(u.transpose(1, 2)).transpose(1, 2)))
+        # GELU in the convolution's (B, H, L) layout, then transposed: the same numbers, but its backward
+        # on a transposed view ran 4x slower (a quarter of an S4D step on CPU).
+        y = self.drop(F.gelu(self.conv(u.transpose(1, 2))).transpose(1, 2))
         return x + self.drop(F.glu(self.out(y), dim=-1))
 
 

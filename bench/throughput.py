@@ -4,10 +4,11 @@ For each arch in conf/arch/ (or --archs) and each length L, one fresh process bu
 --d-model / --n-layers, then times full training steps (forward, backward, AdamW) on random inputs
 of `--tokens` tokens per batch (batch = tokens // L, so every length does the same work for a
 linear-time model). Printed and saved (CSV + markdown) per (arch, L):
-- tokens/s of training steps;
+- tokens/s of training steps (the median of --steps timed steps, after --warmup);
 - peak memory: on CUDA the allocator's peak; on CPU the process's peak RSS above what it held
   before the first step (weights, optimizer state and activations of one step);
-- counted FLOP/s (matmuls, convolutions, attention; FFTs and scans are not counted) and its share
+- counted FLOP/s (matmuls, convolutions, attention; FFTs, scans and what the compiled CPU kernels
+  compute are not counted, so Mamba `cpp` counts less than `torch`: its kernel forms dt_proj) and its share
   of the device's peak: on CPU the measured dense float32 matmul FLOP/s; on CUDA the GPU's dense bf16
   tensor-core peak from its data sheet (PEAK_BF16, or --peak-tflops), else a measured bf16 matmul;
 - the fitted exponent of time per sequence in L between the two longest lengths (1 = linear).
@@ -29,6 +30,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -120,12 +122,16 @@ def _measure(arch: str, length: int, args: dict) -> dict:
     flops_per_step = counter.get_total_flops()
     for _ in range(args["warmup"]):
         step()
-    sync(device)
-    start = time.perf_counter()
+    # The median step: on a shared or virtual machine a few steps come out much slower than the rest
+    # (we saw single steps 30% off), and a mean would move with them.
+    times = []
     for _ in range(args["steps"]):
+        sync(device)
+        start = time.perf_counter()
         step()
-    sync(device)
-    seconds = (time.perf_counter() - start) / args["steps"]
+        sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:  # ru_maxrss is in KiB on Linux
@@ -177,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
                     "default: the data sheet for known GPUs, else measured")
     ap.add_argument("--mamba-impls", nargs="+", choices=["auto", "cuda", "cpp", "torch"],
                     help="one mamba row per impl; default: cuda and torch on CUDA, cpp (if it builds) and torch on CPU")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps; their median is reported")
+    ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--set", nargs="*", default=[], help="arch overrides for every arch, e.g. mamba chunk_size=32")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per measurement")
