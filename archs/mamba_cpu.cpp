@@ -353,34 +353,49 @@ void backward(const T* x, const T* dt_low, const T* w, const T* a, const T* B, c
 // The causal depthwise convolution and its SiLU, as in the mixer (archs/mamba.py, causal_depthwise_conv):
 //     pre_t = bias + Σ_j w_j x_{t-k+1+j}  (zero before the first step),   out_t = silu(pre_t)
 // x (b, l, e) with rows `xs` elements apart (a view of in_proj's output); w (e, k); bias (e); out, dy,
-// dx (b, l, e) contiguous. Tasks as for the scan; both directions walk t forward with the last k rows of
-// x in a window. The backward recomputes pre_t (k products) instead of keeping it, and writes per-row
-// partial sums dw (b, e, k) and dbias (b, e).
+// dx (b, l, e) contiguous. A task is a batch row and CG channels (CG / EB Vecs side by side): it walks
+// t through the rows, reading x_{t-k+1..t} where they lie (still in cache); wide tasks, because each
+// row of x is a new page of memory and a task of one Vec spent more time on those than on arithmetic.
+// The backward walks t down, recomputes pre_t (k products) instead of keeping it, keeps dpre of the
+// last k steps in a ring of R >= k rows (a power of two: slot t & (R-1)), and writes per-row partial
+// sums dw (b, e, k) and dbias (b, e).
+constexpr long CG = 64;
+
+struct ConvTask {
+    long bi, e0, w;  // batch row, first channel, channels (<= CG)
+    long vecs() const { return (w + EB - 1) / EB; }
+    Task vec(long v) const {  // the v-th Vec of channels, as a scan task would see it
+        return {bi, 0, e0 + v * EB, w - v * EB < EB ? w - v * EB : EB};
+    }
+};
+
+ConvTask conv_task_of(long index, long e) {
+    long groups = (e + CG - 1) / CG, g = index % groups;
+    return {index / groups, g * CG, e - g * CG < CG ? e - g * CG : CG};
+}
+
 template <typename T>
-struct Conv {
+struct ConvParams {
+    T* w;  // (CG / EB, k, EB), then bias (CG / EB, EB)
     long k;
-    T *w, *win;  // w (k, EB); win (k, EB): x_{t-k+1+j} in row j
-    Vec<T> bias;
-    Conv(const T* weight, const T* b, long k_, const Task& tk) : k(k_) {
-        w = static_cast<T*>(std::malloc(sizeof(T) * 2 * k * EB));
-        win = w + k * EB;
-        for (long j = 0; j < k; ++j)
-            for (long c = 0; c < EB; ++c) w[j * EB + c] = c < tk.w ? weight[(tk.e0 + c) * k + j] : T(0);
-        std::memset(win, 0, sizeof(T) * k * EB);  // the zero padding before the first step
-        bias = load(b, tk);
+    ConvParams(const T* weight, const T* bias, long k_, const ConvTask& ct) : k(k_) {
+        w = static_cast<T*>(std::calloc(CG * (k + 1), sizeof(T)));
+        for (long c = 0; c < ct.w; ++c) {
+            long v = c / EB, lane = c % EB;
+            for (long j = 0; j < k; ++j) w[(v * k + j) * EB + lane] = weight[(ct.e0 + c) * k + j];
+            w[CG * k + v * EB + lane] = bias[ct.e0 + c];
+        }
     }
-    ~Conv() { std::free(w); }
-    Conv(const Conv&) = delete;
-    Vec<T> weight(long j) const { return ld(w + j * EB); }
-    Vec<T> x(long j) const { return ld(win + j * EB); }
-    Vec<T> step(Vec<T> xt) {  // slides x_t into the window; returns pre_t
-        shift(win, k);
-        st(win + (k - 1) * EB, xt);
-        Vec<T> pre = bias;
-        for (long j = 0; j < k; ++j) pre += weight(j) * x(j);
-        return pre;
+    ~ConvParams() { std::free(w); }
+    ConvParams(const ConvParams&) = delete;
+    Vec<T> weight(long v, long j) const { return ld(w + (v * k + j) * EB); }
+    Vec<T> bias(long v) const { return ld(w + CG * k + v * EB); }
+    // pre_t of Vec v, from the rows of x at row0 + t - k + 1 .. row0 + t (those before the first step are 0)
+    Vec<T> pre(const T* x, long xs, long row0, long t, long v, const Task& tk) const {
+        Vec<T> out = bias(v);
+        for (long j = t - k + 1 < 0 ? k - 1 - t : 0; j < k; ++j) out += weight(v, j) * load(x + (row0 + t - k + 1 + j) * xs, tk);
+        return out;
     }
-    static void shift(T* rows, long k) { std::memmove(rows, rows + EB, sizeof(T) * (k - 1) * EB); }
 };
 
 template <typename V>
@@ -391,50 +406,54 @@ inline V sigmoid_v(V v) {
 template <typename T>
 void conv_forward(const T* x, long xs, const T* w, const T* bias, T* out, Shape s, long k, long first, long last) {
     for (long i = first; i < last; ++i) {
-        Task tk = task_of(i, s);
-        Conv<T> cv(w, bias, k, tk);
-        long row0 = tk.bi * s.l;
-        for (long t = 0; t < s.l; ++t) {
-            Vec<T> pre = cv.step(load(x + (row0 + t) * xs, tk));
-            store(out + (row0 + t) * s.e, pre * sigmoid_v(pre), tk);
-        }
+        ConvTask ct = conv_task_of(i, s.e);
+        ConvParams<T> p(w, bias, k, ct);
+        long row0 = ct.bi * s.l;
+        for (long t = 0; t < s.l; ++t)
+            for (long v = 0; v < ct.vecs(); ++v) {
+                Task tk = ct.vec(v);
+                Vec<T> pre = p.pre(x, xs, row0, t, v, tk);
+                store(out + (row0 + t) * s.e, pre * sigmoid_v(pre), tk);
+            }
     }
 }
 
-// dpre_t = dy_t silu'(pre_t);  dx_u = Σ_j w_j dpre_{u+k-1-j};  dw_j = Σ_t dpre_t x_{t-k+1+j};  dbias = Σ_t dpre_t.
-// dx_u collects its k terms in a window of its own (row j: u = t-k+1+j) while t runs from u to u+k-1,
-// and is stored when complete.
+// dpre_t = dy_t silu'(pre_t);  dx_t = Σ_j w_j dpre_{t+k-1-j} (terms past the last step are 0);
+// dw_j = Σ_t dpre_t x_{t-k+1+j};  dbias = Σ_t dpre_t.
 template <typename T>
 void conv_backward(const T* x, long xs, const T* w, const T* bias, const T* dy, T* dx, T* dw_part, T* dbias_part,
                    Shape s, long k, long first, long last) {
-    T* acc = static_cast<T*>(std::malloc(sizeof(T) * 2 * k * EB));  // dx window (k, EB), then dw (k, EB)
-    T* dw = acc + k * EB;
+    long slots = 1;
+    while (slots < k) slots *= 2;
+    const long mask = slots - 1;
+    T* ring = static_cast<T*>(std::malloc(sizeof(T) * (slots + k + 1) * CG));  // dpre (R, CG), then dw, dbias
+    T *dw = ring + slots * CG, *dbias = dw + k * CG;
     for (long i = first; i < last; ++i) {
-        Task tk = task_of(i, s);
-        Conv<T> cv(w, bias, k, tk);
-        long row0 = tk.bi * s.l;
-        std::memset(acc, 0, sizeof(T) * 2 * k * EB);
-        Vec<T> dbias = {};
-        for (long t = 0; t < s.l; ++t) {
-            Vec<T> pre = cv.step(load(x + (row0 + t) * xs, tk)), sig = sigmoid_v(pre);
-            Vec<T> dpre = load(dy + (row0 + t) * s.e, tk) * sig * (T(1) + pre * (T(1) - sig));
-            dbias += dpre;
-            for (long j = 0; j < k; ++j) {
-                st(dw + j * EB, ld(dw + j * EB) + dpre * cv.x(j));
-                st(acc + j * EB, ld(acc + j * EB) + dpre * cv.weight(j));
+        ConvTask ct = conv_task_of(i, s.e);
+        ConvParams<T> p(w, bias, k, ct);
+        long row0 = ct.bi * s.l;
+        std::memset(dw, 0, sizeof(T) * (k + 1) * CG);
+        for (long t = s.l - 1; t >= 0; --t)
+            for (long v = 0; v < ct.vecs(); ++v) {
+                Task tk = ct.vec(v);
+                Vec<T> pre = p.pre(x, xs, row0, t, v, tk), sig = sigmoid_v(pre);
+                Vec<T> dpre = load(dy + (row0 + t) * s.e, tk) * sig * (T(1) + pre * (T(1) - sig));
+                st(ring + (t & mask) * CG + v * EB, dpre);
+                st(dbias + v * EB, ld(dbias + v * EB) + dpre);
+                for (long j = t - k + 1 < 0 ? k - 1 - t : 0; j < k; ++j)
+                    st(dw + (v * k + j) * EB, ld(dw + (v * k + j) * EB) + dpre * load(x + (row0 + t - k + 1 + j) * xs, tk));
+                Vec<T> g = {};
+                for (long j = t + k - s.l > 0 ? t + k - s.l : 0; j < k; ++j)
+                    g += p.weight(v, j) * ld(ring + ((t + k - 1 - j) & mask) * CG + v * EB);
+                store(dx + (row0 + t) * s.e, g, tk);
             }
-            if (t - k + 1 >= 0) store(dx + (row0 + t - k + 1) * s.e, ld(acc), tk);
-            Conv<T>::shift(acc, k);
-            st(acc + (k - 1) * EB, Vec<T>{});
-        }
-        for (long j = 0; j < k - 1; ++j)  // the last k-1 steps, which have fewer terms: row j is u = l-k+1+j
-            if (s.l - k + 1 + j >= 0) store(dx + (row0 + s.l - k + 1 + j) * s.e, ld(acc + j * EB), tk);
-        for (long c = 0; c < tk.w; ++c) {
-            for (long j = 0; j < k; ++j) dw_part[(tk.bi * s.e + tk.e0 + c) * k + j] = dw[j * EB + c];
-            dbias_part[tk.bi * s.e + tk.e0 + c] = dbias[c];
+        for (long c = 0; c < ct.w; ++c) {
+            long v = c / EB, lane = c % EB;
+            for (long j = 0; j < k; ++j) dw_part[(ct.bi * s.e + ct.e0 + c) * k + j] = dw[(v * k + j) * EB + lane];
+            dbias_part[ct.bi * s.e + ct.e0 + c] = dbias[v * EB + lane];
         }
     }
-    std::free(acc);
+    std::free(ring);
 }
 
 }  // namespace
@@ -443,6 +462,7 @@ extern "C" {
 
 long scan_chunk_steps() { return K; }
 long scan_channels_per_task() { return EB; }
+long conv_channels_per_task() { return CG; }
 
 #define SCAN_ENTRY_POINTS(T, SUFFIX)                                                                                 \
     void scan_forward_##SUFFIX(const T* x, const T* dt_low, const T* w, const T* a, const T* B, const T* C,         \

@@ -24,7 +24,8 @@ NAME = "mamba_cpu"
 
 def library() -> ctypes.CDLL:
     lib = load(NAME)
-    lib.scan_channels_per_task.restype = lib.scan_chunk_steps.restype = ctypes.c_long
+    for fn in (lib.scan_channels_per_task, lib.scan_chunk_steps, lib.conv_channels_per_task):
+        fn.restype = ctypes.c_long
     return lib
 
 
@@ -118,7 +119,7 @@ class CppConvSiLU(torch.autograd.Function):
         x, xs = rows_of(x)
         bsz, length, e = x.shape
         out = x.new_empty(bsz, length, e)
-        run_tasks(getattr(lib, f"conv_forward_{suffix(x)}"), bsz * -(-e // lib.scan_channels_per_task()),
+        run_tasks(getattr(lib, f"conv_forward_{suffix(x)}"), bsz * -(-e // lib.conv_channels_per_task()),
                   ptr(x), ctypes.c_long(xs), *map(ptr, (weight.contiguous(), bias.contiguous(), out)),
                   *longs(bsz, length, e, weight.shape[-1]))
         return out
@@ -131,7 +132,7 @@ class CppConvSiLU(torch.autograd.Function):
         x, xs = rows_of(x)
         bsz, length, e = x.shape
         dx, dw_part, dbias_part = x.new_empty(bsz, length, e), x.new_empty(bsz, *weight.shape), x.new_empty(bsz, e)
-        run_tasks(getattr(lib, f"conv_backward_{suffix(x)}"), bsz * -(-e // lib.scan_channels_per_task()),
+        run_tasks(getattr(lib, f"conv_backward_{suffix(x)}"), bsz * -(-e // lib.conv_channels_per_task()),
                   ptr(x), ctypes.c_long(xs),
                   *map(ptr, (weight.contiguous(), bias.contiguous(), dy.contiguous(), dx, dw_part, dbias_part)),
                   *longs(bsz, length, e, weight.shape[-1]))

@@ -166,21 +166,22 @@ def test_mamba_cpp_scan_matches_sequential_reference_forward_and_gradients(n, r,
 
 
 @pytest.mark.parametrize("impl", ["torch", pytest.param("cpp", marks=needs_cpp)])
-@pytest.mark.parametrize("length", [13, 2])
-def test_mamba_causal_conv_equals_conv1d_and_its_gradients_are_exact(impl, length):
+@pytest.mark.parametrize("length, e", [(13, 11), (2, 11), (6, 70)])
+def test_mamba_causal_conv_equals_conv1d_and_its_gradients_are_exact(impl, length, e):
     """The convolution with its SiLU and hand-written backward against nn.Conv1d: the PyTorch version
     (shifted products) and the compiled one, fed as in the model, a strided view of in_proj's output.
-    e = 11 is a whole block of 8 channels and a partial one; length 2 is shorter than the kernel."""
+    e = 11 is a whole vector of 8 channels and a partial one; e = 70 is a whole task of 64 channels
+    and a partial one; length 2 is shorter than the kernel."""
     from archs.mamba import CausalConvSiLU
 
     fn = mamba_cpu.CppConvSiLU.apply if impl == "cpp" else CausalConvSiLU.apply
     torch.manual_seed(0)
-    xz = torch.randn(2, length, 22, dtype=torch.float64, requires_grad=True)
-    conv = torch.nn.Conv1d(11, 11, 4, groups=11, padding=3).double()
-    x = xz[..., :11]
+    xz = torch.randn(2, length, 2 * e, dtype=torch.float64, requires_grad=True)
+    conv = torch.nn.Conv1d(e, e, 4, groups=e, padding=3).double()
+    x = xz[..., :e]
     ref = torch.nn.functional.silu(conv(x.transpose(1, 2))[..., :length]).transpose(1, 2)
     torch.testing.assert_close(fn(x, conv.weight, conv.bias), ref)
-    assert torch.autograd.gradcheck(lambda xz, w, b: fn(xz[..., :11], w, b), (xz, conv.weight, conv.bias))
+    assert torch.autograd.gradcheck(lambda xz, w, b: fn(xz[..., :e], w, b), (xz, conv.weight, conv.bias))
 
 
 def test_mamba_mixer_has_mamba_ssm_parameter_names_and_shapes():
