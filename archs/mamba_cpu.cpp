@@ -99,10 +99,11 @@ inline auto hsum(V v) {
 }
 
 // r[i] = the sum of v[i]'s lanes, for EB = 8 vectors at once: three rounds of shuffles and adds
-// (7 adds) instead of 8 separate horizontal sums.
+// (7 adds) instead of 8 separate horizontal sums. (GCC before 12 lacks __builtin_shufflevector.)
 template <typename V>
 inline V hsums(const V* v) {
     static_assert(EB == 8, "hsums is written for 8 lanes");
+#if defined(__clang__) || __GNUC__ >= 12
     V p[4], q[2];
     for (int i = 0; i < 4; ++i)  // p[i] lanes: pairs of v[2i] and v[2i+1], interleaved
         p[i] = __builtin_shufflevector(v[2 * i], v[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
@@ -112,6 +113,11 @@ inline V hsums(const V* v) {
                __builtin_shufflevector(p[2 * i], p[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
     return __builtin_shufflevector(q[0], q[1], 0, 1, 2, 3, 8, 9, 10, 11) +
            __builtin_shufflevector(q[0], q[1], 4, 5, 6, 7, 12, 13, 14, 15);
+#else
+    V r;
+    for (long i = 0; i < EB; ++i) r[i] = hsum(v[i]);
+    return r;
+#endif
 }
 
 // out[i] += the sum of v[i]'s lanes, i < count <= EB.
