@@ -31,7 +31,11 @@ recomputes one chunk's states from its boundary and runs the adjoint scan in rev
 
 `bidirectional` (for classification and masked-token pretraining): a second mixer reads each
 sequence reversed *within its real length* — padding stays on the right, so it never leaks into
-real positions in either direction — and the two outputs are summed.
+real positions in either direction — and the two outputs are summed. `tie_projections` shares
+in_proj and out_proj between the two directions, as Caduceus's BiMamba does by default (Schiff et al.
+2024, "bidirectional_weight_tie": the projections hold most of the parameters); each direction keeps
+its own conv1d, x_proj, dt_proj, A and D. Both projections act on each position alone, so the shared
+in_proj and out_proj are computed once for both directions.
 """
 
 from __future__ import annotations
@@ -149,14 +153,16 @@ def fused_scan_available() -> bool:
 
 
 class MambaMixer(nn.Module):
-    """(b, l, d) -> (b, l, d), causal. Same parameters as mamba_ssm.Mamba(d_model, d_state, d_conv, expand)."""
+    """(b, l, d) -> (b, l, d), causal. Same parameters as mamba_ssm.Mamba(d_model, d_state, d_conv, expand);
+    without `projections`, no in_proj and out_proj (a direction that shares another mixer's): then
+    only `inner` is used."""
 
     def __init__(self, d_model: int, d_state: int, d_conv: int, expand: int, dt_rank: int, dt_min: float,
-                 dt_max: float, dt_init_floor: float, chunk: int):
+                 dt_max: float, dt_init_floor: float, chunk: int, projections: bool = True):
         super().__init__()
         e = expand * d_model
         self.d_state, self.dt_rank, self.chunk = d_state, dt_rank, chunk
-        self.in_proj = nn.Linear(d_model, 2 * e, bias=False)
+        self.in_proj = nn.Linear(d_model, 2 * e, bias=False) if projections else None
         # Depthwise and causal; only its weights are used (mamba-ssm's names), see causal_depthwise_conv.
         self.conv1d = nn.Conv1d(e, e, d_conv, groups=e, padding=d_conv - 1)
         self.x_proj = nn.Linear(e, dt_rank + 2 * d_state, bias=False)
@@ -172,18 +178,21 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(e))
         for p in (self.A_log, self.D):  # decaying A or the skip toward 0 is not regularization
             p._optim = {"weight_decay": 0.0}
-        self.out_proj = nn.Linear(e, d_model, bias=False)
+        self.out_proj = nn.Linear(e, d_model, bias=False) if projections else None
 
     def forward(self, u: Tensor, scan: str) -> Tensor:
         """u (b, l, d) -> (b, l, d); scan is the implementation: "cuda", "cpp" or "torch"."""
-        x, z = self.in_proj(u).chunk(2, dim=-1)  # (b, l, e) each
+        return self.out_proj(self.inner(self.in_proj(u), scan))
+
+    def inner(self, xz: Tensor, scan: str) -> Tensor:
+        """Everything between the projections: in_proj's output xz (b, l, 2e) -> y (b, l, e)."""
+        x, z = xz.chunk(2, dim=-1)  # (b, l, e) each
         conv = mamba_cpu.conv_silu_cpp if scan == "cpp" else CausalConvSiLU.apply
         x = conv(x, self.conv1d.weight, self.conv1d.bias)
         dt, b, c = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         a = -torch.exp(self.A_log.float())  # (e, n)
         if scan == "cpp":  # the same computation as the fused CUDA call below, in one CPU kernel
-            y = mamba_cpu.selective_scan_cpp(x, dt, self.dt_proj.weight, a, b, c, self.D, z, self.dt_proj.bias)
-            return self.out_proj(y)
+            return mamba_cpu.selective_scan_cpp(x, dt, self.dt_proj.weight, a, b, c, self.D, z, self.dt_proj.bias)
         dt = dt @ self.dt_proj.weight.T  # bias added with the softplus (inside the fused kernel on CUDA)
         if scan == "cuda":
             from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
@@ -197,7 +206,7 @@ class MambaMixer(nn.Module):
             delta = F.softplus(dt + self.dt_proj.bias)
             y = selective_scan_torch(x, delta, a, b, c, self.chunk) + x * self.D
             y = y * F.silu(z)
-        return self.out_proj(y)
+        return y  # (b, l, e)
 
 
 def causal_depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -253,18 +262,24 @@ def flip_within(x: Tensor, mask: Tensor | None) -> Tensor:
 class MambaBlock(nn.Module):
     """x + Dropout(mixer(LN(x)) [+ reversed mixer_rev]), pre-norm residual as in mamba-ssm."""
 
-    def __init__(self, d_model: int, dropout: float, bidirectional: bool, **mixer):
+    def __init__(self, d_model: int, dropout: float, bidirectional: bool, tie_projections: bool, **mixer):
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
         self.mixer = MambaMixer(d_model, **mixer)
-        self.mixer_rev = MambaMixer(d_model, **mixer) if bidirectional else None
+        self.mixer_rev = MambaMixer(d_model, projections=not tie_projections, **mixer) if bidirectional else None
+        self.tied = tie_projections
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None, scan: str) -> Tensor:
         h = self.norm(x)
-        y = self.mixer(h, scan)
-        if self.mixer_rev is not None:
-            y = y + flip_within(self.mixer_rev(flip_within(h, mask), scan), mask)
+        if self.mixer_rev is None:
+            y = self.mixer(h, scan)
+        elif self.tied:  # out(inner(in(h))) + flip(out(inner_rev(in(flip(h))))), with one in and one out
+            xz = self.mixer.in_proj(h)
+            rev = flip_within(self.mixer_rev.inner(flip_within(xz, mask), scan), mask)
+            y = self.mixer.out_proj(self.mixer.inner(xz, scan) + rev)
+        else:
+            y = self.mixer(h, scan) + flip_within(self.mixer_rev(flip_within(h, mask), scan), mask)
         return x + self.drop(y)
 
 
@@ -273,8 +288,8 @@ class Mamba(Backbone):
 
     def __init__(self, d_model: int, n_layers: int, dropout: float = 0.0, *, max_len: int, d_state: int = 16,
                  d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto", dt_min: float = 0.001,
-                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, bidirectional: bool = True, impl: str = "auto",
-                 chunk_size: int = 16):
+                 dt_max: float = 0.1, dt_init_floor: float = 1e-4, bidirectional: bool = True,
+                 tie_projections: bool = False, impl: str = "auto", chunk_size: int = 16):
         super().__init__()
         dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else dt_rank
         for name, value in (("d_model", d_model), ("n_layers", n_layers), ("max_len", max_len),
@@ -284,6 +299,9 @@ class Mamba(Backbone):
         check_dropout(dropout)
         if not 0 < dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if tie_projections and not bidirectional:
+            raise ValueError("tie_projections=true shares projections between the two directions: it needs "
+                             "bidirectional=true")
         if impl not in IMPLS:
             raise ValueError(f"impl={impl!r} is not one of {', '.join(IMPLS)}")
         if impl == "cuda" and not fused_scan_available():
@@ -296,7 +314,8 @@ class Mamba(Backbone):
         self.warned = False  # the reason impl=auto cannot use the C++ scan is logged once
         mixer = dict(d_state=d_state, d_conv=d_conv, expand=expand, dt_rank=dt_rank, dt_min=dt_min, dt_max=dt_max,
                      dt_init_floor=dt_init_floor, chunk=chunk_size)
-        self.blocks = nn.ModuleList(MambaBlock(d_model, dropout, bidirectional, **mixer) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(MambaBlock(d_model, dropout, bidirectional, tie_projections, **mixer)
+                                    for _ in range(n_layers))
         self.norm = nn.LayerNorm(d_model)
 
     @property

@@ -30,7 +30,7 @@ def library() -> ctypes.CDLL:
 
 
 def unavailable_reason() -> str | None:
-    """None if the C++ scan works here, else why not."""
+    """None if the C++ kernels build and load here, else why not."""
     return reason_for(NAME)
 
 

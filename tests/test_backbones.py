@@ -32,7 +32,8 @@ def flipped_direction(arch: str) -> dict:
 VARIANTS = [(a, {}) for a in ARCHS] + [(a, flipped_direction(a)) for a in ARCHS if flipped_direction(a)] + [
     ("transformer", {"pos": p}) for p in ("learned", "sinusoidal", "rotary")
 ] + [("s4d", {"init": i}) for i in ("lin", "legs")] + [
-    ("mamba", {"impl": "torch", "chunk_size": 7}), ("s4", {"impl": "torch"})  # the PyTorch paths; default is cpp
+    ("mamba", {"impl": "torch", "chunk_size": 7}), ("s4", {"impl": "torch"}),  # the PyTorch paths; default is cpp
+    ("mamba", {"tie_projections": True}),
 ]
 
 

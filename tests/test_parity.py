@@ -184,6 +184,30 @@ def test_mamba_causal_conv_equals_conv1d_and_its_gradients_are_exact(impl, lengt
     assert torch.autograd.gradcheck(lambda xz, w, b: fn(xz[..., :e], w, b), (xz, conv.weight, conv.bias))
 
 
+@pytest.mark.parametrize("impl", ["torch", pytest.param("cpp", marks=needs_cpp)])
+def test_mamba_tied_projections_equal_two_mixers_that_share_them(impl):
+    """tie_projections computes in_proj and out_proj once for both directions; that must equal
+    Caduceus's weight tying: two full mixers, the reverse one holding the same projection weights
+    and reading the flipped sequence. With padding, so the flips are within each real length."""
+    torch.manual_seed(0)
+    tied = Mamba(16, 2, max_len=30, impl=impl, tie_projections=True).double()
+    full = Mamba(16, 2, max_len=30, impl=impl).double()
+    state = tied.state_dict()
+    for i in range(2):  # the reverse mixers' projections are the forward ones'
+        for proj in ("in_proj", "out_proj"):
+            state[f"blocks.{i}.mixer_rev.{proj}.weight"] = state[f"blocks.{i}.mixer.{proj}.weight"]
+    full.load_state_dict(state)
+    x = torch.randn(3, 30, 16, dtype=torch.float64)
+    mask = torch.ones(3, 30, dtype=torch.bool)
+    mask[0, 17:] = mask[2, 5:] = False
+    torch.testing.assert_close(tied(x, mask), full(x, mask), atol=1e-10, rtol=1e-10)
+    n_proj = sum(p.numel() for n, p in full.named_parameters() if "mixer_rev" in n and "proj" in n
+                 and ("in_proj" in n or "out_proj" in n))
+    assert sum(p.numel() for p in full.parameters()) - sum(p.numel() for p in tied.parameters()) == n_proj > 0
+    with pytest.raises(ValueError, match="tie_projections.*bidirectional=true"):
+        Mamba(16, 2, max_len=30, bidirectional=False, tie_projections=True)
+
+
 def test_mamba_mixer_has_mamba_ssm_parameter_names_and_shapes():
     """The names and shapes of mamba_ssm.Mamba(d_model=16, d_state=8, d_conv=4, expand=2), dt_rank 1:
     a state dict moves between the fused and the PyTorch implementation unchanged."""
