@@ -267,14 +267,13 @@ class MambaBlock(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.mixer = MambaMixer(d_model, **mixer)
         self.mixer_rev = MambaMixer(d_model, projections=not tie_projections, **mixer) if bidirectional else None
-        self.tied = tie_projections
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None, scan: str) -> Tensor:
         h = self.norm(x)
         if self.mixer_rev is None:
             y = self.mixer(h, scan)
-        elif self.tied:  # out(inner(in(h))) + flip(out(inner_rev(in(flip(h))))), with one in and one out
+        elif self.mixer_rev.in_proj is None:  # tied: out(inner(in(h))) + flip(out(inner_rev(in(flip(h))))), with one in and one out
             xz = self.mixer.in_proj(h)
             rev = flip_within(self.mixer_rev.inner(flip_within(xz, mask), scan), mask)
             y = self.mixer.out_proj(self.mixer.inner(xz, scan) + rev)
