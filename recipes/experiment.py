@@ -24,14 +24,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from recipes import checkpoint, compute, distributed, guard
+from recipes import baselines, checkpoint, compute, distributed, guard
 from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
-from tasks.base import DataError, Task
+from tasks.base import DataError, Task, label_fraction
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
-NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute")
+NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines")
 
 
 @dataclass
@@ -48,6 +48,7 @@ class Context:
     identity: dict  # stored in every checkpoint of this run; a mismatch refuses to resume
     progress: bool
     compute: compute.Compute = compute.PLAIN  # precision, compile, micro-batches, loading
+    full_train: object = None  # the whole train split when task.train_fraction < 1 (splits["train"] is the subset)
 
 
 def digest(obj) -> str:
@@ -90,8 +91,15 @@ def pick_device(name: str) -> torch.device:
 
 
 def build_task(task_cfg: DictConfig) -> Task:
+    """The task object; `task.train_fraction` is the suite's, not the task's: it is checked here and
+    applied to the prepared train split by `label_subset`, the same way for every task."""
     params = OmegaConf.to_container(task_cfg, resolve=True)
     name = params.pop("name", "?")
+    fraction = params.pop("train_fraction", 1.0)
+    try:
+        label_fraction(1, fraction, 0)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     try:
         return instantiate(params, _convert_="all")
     except Exception as exc:
@@ -99,6 +107,18 @@ def build_task(task_cfg: DictConfig) -> Task:
         if isinstance(root, (ValueError, TypeError, ImportError)):
             raise ConfigError(f"task '{name}' ({params.get('_target_')}): {root}") from exc
         raise
+
+
+def label_subset(splits: dict, task_cfg: DictConfig):
+    """-> (splits with train cut to task.train_fraction, the whole train split). Nested in the
+    fraction for a given task.data_seed (tasks.base.label_fraction)."""
+    fraction = task_cfg.get("train_fraction", 1.0)
+    full = splits["train"]
+    if fraction == 1:
+        return splits, full
+    index = label_fraction(len(full), fraction, int(task_cfg.get("data_seed", 0) or 0))
+    log.info("data: task.train_fraction=%s keeps %d of %d training examples", fraction, len(index), len(full))
+    return {**splits, "train": full.subset(index)}, full
 
 
 def recipe_module(name: str):
@@ -200,11 +220,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     base = {**head, "device": device.type, "hardware": compute.hardware(device, how), "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:
-        splits = task.splits(cache_dir)
+        splits, full_train = label_subset(task.splits(cache_dir), cfg.task)
+        floors = baselines.cached(splits, task.spec, task.data_key(), cache_dir) if cfg.get("baselines", True) \
+            else None
         ctx = Context(cfg=cfg, task=task, splits=splits, run_dir=run_dir, cache_dir=cache_dir, device=device,
                       seed=cfg.seed, identity={"config_hash": config_hash, "config": hashed}, progress=cfg.progress,
-                      compute=how)
+                      compute=how, full_train=full_train)
         out = recipe.run(ctx)
+        if floors is not None:
+            out["baselines"] = floors
     except (ConfigError, DataError, checkpoint.CheckpointError):
         raise
     except TrainingDiverged as exc:

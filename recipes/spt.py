@@ -34,6 +34,10 @@ STAGES = ("pretrain", "finetune")
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("auto", "mlm", "ntp")
+# Which train inputs pretraining reads: `labelled`, the examples fine-tuning trains on (with
+# task.train_fraction < 1, only those: what "self" means); `all_train`, every train input, the
+# labelled subset's and the rest's (a semi-supervised variant, not self-pretraining).
+INPUTS = ("labelled", "all_train")
 
 
 def objective_for(requested: str, causal: bool) -> str:
@@ -97,13 +101,20 @@ def run(ctx) -> dict:
     objective = objective_for(hp.objective, causal)
     pixel_loss = pixel_loss_for(hp.get("pixel_loss"), spec)
     pooling_for(cfg.model, causal)  # a bad pooling must fail now, not after hours of pretraining
+    inputs = hp.get("inputs", "labelled")
+    if inputs not in INPUTS:
+        raise ConfigError(f"pretrain.inputs={inputs!r} is not one of {', '.join(INPUTS)}")
+    fraction = cfg.task.get("train_fraction", 1.0)
+    pretrain_on = ctx.full_train if inputs == "all_train" and ctx.full_train is not None else ctx.splits["train"]
     # Output width of the prediction head: the vocabulary, the grey levels, or one value.
     n_out = {None: spec.vocab_size, "ce": spec.pixel_levels, "l1": 1}[pixel_loss]
 
     # The data itself (its digest covers source files and generator parameters), not the task
     # config; and no setting that cannot change the pretrained weights (checkpoint cadence).
     settings = {k: v for k, v in OmegaConf.to_container(hp, resolve=True).items() if k != "ckpt_every"}
-    depends_on = {"format": checkpoint.FORMAT, "data": task.data_key(), "vocab_size": spec.vocab_size,
+    # The label subset is part of the data pretraining sees (its fraction and seed fix its examples).
+    subset = {"train_fraction": fraction, "data_seed": cfg.task.get("data_seed", 0)} if inputs == "labelled" else {}
+    depends_on = {"format": checkpoint.FORMAT, "data": {**task.data_key(), **subset}, "vocab_size": spec.vocab_size,
                   "arch": OmegaConf.to_container(cfg.arch, resolve=True),
                   "pretrain": {**settings, "objective": objective, "mask_ratio": ratio, "seed": seed,
                                "pixel_loss": pixel_loss}}
@@ -130,7 +141,7 @@ def run(ctx) -> dict:
             checkpoint.write_json(out / "depends_on.json", depends_on)
             log.info("pretrain: training %s objective into %s (key %s)", objective, out, key)
         # documents(): the examples themselves, or each document of a dual-input task on its own.
-        summary = fit(stage, ctx.splits["train"].documents(), ctx.splits["val"].documents(), hp, out, seed=seed,
+        summary = fit(stage, pretrain_on.documents(), ctx.splits["val"].documents(), hp, out, seed=seed,
                       identity={"pretrain": key}, pad_id=spec.pad_id, device=ctx.device,
                       log_path=out / "metrics.jsonl", progress=ctx.progress, compute=ctx.compute)
 
@@ -145,5 +156,6 @@ def run(ctx) -> dict:
     result["skipped_steps"]["pretrain"] = summary["skipped_steps"]
     result["wall_time_s"]["pretrain"] = summary["wall_time_s"]
     result["pretrain"] = {"key": key, "dir": str(out), "reused": reused, "objective": objective, "mask_ratio": ratio,
-                          "seed": seed, "pixel_loss": pixel_loss}
+                          "seed": seed, "pixel_loss": pixel_loss, "inputs": inputs,
+                          "n_documents": len(pretrain_on.documents())}
     return result

@@ -106,6 +106,15 @@ class TokenSplit:
         mask = torch.arange(width)[None, :] < torch.from_numpy(ends - starts)[:, None]
         return ids_t, mask, torch.from_numpy(self.labels[index].astype(np.int64))
 
+    def subset(self, index: np.ndarray) -> TokenSplit:
+        """The examples at `index` (sorted ascending), as a new flat split."""
+        index = np.asarray(index, dtype=np.int64)
+        lengths = self.lengths()[index]
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        # token t of the new flat array comes from old position t + (old start - new start) of its example
+        take = np.arange(offsets[-1], dtype=np.int64) + np.repeat(self.offsets[index] - offsets[:-1], lengths)
+        return TokenSplit(tokens=self.tokens[take], offsets=offsets, labels=self.labels[index])
+
 
 @dataclass
 class DualSplit:
@@ -133,6 +142,10 @@ class DualSplit:
         b = len(index)
         ids, mask = ids.view(2, b, -1).transpose(0, 1), mask.view(2, b, -1).transpose(0, 1)
         return ids.contiguous(), mask.contiguous(), torch.from_numpy(self.labels[index].astype(np.int64))
+
+    def subset(self, index: np.ndarray) -> DualSplit:
+        index = np.asarray(index, dtype=np.int64)
+        return DualSplit(docs=self.docs.subset(np.concatenate([index, index + len(self)])), labels=self.labels[index])
 
 
 class TokenEncoder(nn.Module):
@@ -214,6 +227,19 @@ def seeded_subset(n: int, limit: int | None, seed: int) -> np.ndarray:
     if limit is None or limit >= n:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def label_fraction(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Indices (ascending) of the first round(fraction * n) examples (at least 1) of a permutation of
+    range(n) seeded by `seed`. The permutation does not depend on the fraction, so subsets are nested:
+    the examples of a smaller fraction are among those of every larger one (as in Amos et al.'s
+    data-fraction study)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        raise ValueError(f"task.train_fraction={fraction!r} must be a number in (0, 1]")
+    if fraction == 1:
+        return np.arange(n)
+    keep = max(1, round(fraction * n))
+    return np.sort(np.random.default_rng([seed, 0x5EED]).permutation(n)[:keep])
 
 
 def check_sizes(**sizes) -> None:
