@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from recipes import checkpoint, distributed, guard
 from recipes.compute import PLAIN, Compute, batches
-from recipes.errors import CheckpointError, TrainingDiverged
+from recipes.errors import CheckpointError, ConfigError, TrainingDiverged
 from tasks.base import TokenSplit
 
 log = logging.getLogger(__name__)
@@ -76,8 +76,31 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    return np.random.default_rng([seed, epoch]).permutation(n)
+def epoch_order(n: int, seed: int, epoch: int, batch_size: int = 1, lengths: np.ndarray | None = None,
+                pool: int = 0) -> np.ndarray:
+    """The example order of one epoch; consecutive `batch_size` slices are its batches.
+
+    pool = 0: a permutation seeded by (seed, epoch). pool = K > 0 (length bucketing): that
+    permutation cut into pools of K batches, each pool sorted by length (stable), cut into batches,
+    and the whole batches shuffled (seeded too; the last, partial batch stays last), so a batch holds
+    examples of similar length and pads less, while which examples meet is still random. A function of
+    (seed, epoch) alone: a resumed run and every DDP rank compute the same order."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n)
+    if not pool or lengths is None:
+        return order
+    span = pool * batch_size
+    order = np.concatenate([chunk[np.argsort(lengths[chunk], kind="stable")]
+                            for chunk in np.split(order, range(span, n, span))])
+    full = n // batch_size
+    batches = order[: full * batch_size].reshape(full, batch_size)[rng.permutation(full)]
+    return np.concatenate([batches.reshape(-1), order[full * batch_size:]])
+
+
+def pad_share(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, int]:
+    """-> (real tokens, padded slots) of these batches, each padded to its longest example."""
+    real = sum(int(lengths[b].sum()) for b in batches)
+    return real, sum(int(lengths[b].max()) * len(b) for b in batches if len(b)) - real
 
 
 @torch.no_grad()
@@ -159,6 +182,10 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         return summary
 
     steps_per_epoch = math.ceil(len(train) / hp.batch_size)
+    lengths = train.lengths()
+    pool = hp.get("bucket_pool") or 0
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
+        raise ConfigError(f"{stage.name}.bucket_pool={pool!r} must be a whole number of batches >= 0 (0 = off)")
     total = int(hp.max_steps) if hp.get("max_steps") else int(hp.epochs) * steps_per_epoch
     eval_every = int(hp.eval_every) if hp.get("eval_every") else steps_per_epoch
     warmup = min(int(hp.warmup_steps), total)
@@ -169,7 +196,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     step, elapsed, history, best, best_step = 0, 0.0, [], None, -1
     # Sums since the last validation; checkpointed so a resumed run logs the same train_loss.
     run_loss = run_correct = run_count = 0.0
-    run_steps = 0
+    run_steps = run_real = run_padded = 0
     skipped: list[int] = []  # steps whose batch on_nan=skip_batch dropped
     if last_path.exists():
         state = checkpoint.load(last_path, identity)
@@ -187,7 +214,8 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             scaler.load_state_dict(state["scaler"])
         step, elapsed, history = state["step"], state["elapsed"], state["history"]
         best, best_step = state["best"], state["best_step"]
-        run_loss, run_correct, run_count, run_steps = state["running"]
+        run_loss, run_correct, run_count, run_steps, *pads = state["running"]
+        run_real, run_padded = pads or (0, 0)  # checkpoints written before padding was counted
         skipped = state["skipped"]
         log.info("%s: resuming from %s at step %d of %d", stage.name, last_path, step, total)
     else:
@@ -203,7 +231,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             "identity": identity, "model": model.state_dict(), "optim": optim.state_dict(),
             "rng": rngs[0][0], "cuda_rng": rngs[0][1], "rank_rng": rngs[1:], "scaler": scaler.state_dict(),
             "step": step, "elapsed": elapsed, "history": history, "best": best, "best_step": best_step,
-            "running": [run_loss, run_correct, run_count, run_steps], "skipped": skipped,
+            "running": [run_loss, run_correct, run_count, run_steps, run_real, run_padded], "skipped": skipped,
         })
 
     started = time.perf_counter() - elapsed
@@ -223,7 +251,8 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             raise guard.Preempted(f"{stage.name}: saved {last_path} at step {step} of {total}")
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # this rank's pieces of every step left in the epoch, loaded ahead
-            order_epoch, order = epoch, epoch_order(len(train), seed, epoch)
+            order_epoch = epoch
+            order = epoch_order(len(train), seed, epoch, hp.batch_size, lengths, int(hp.get("bucket_pool") or 0))
             plan = {p: micro_batches(order[p * hp.batch_size : (p + 1) * hp.batch_size], compute.micro_batch_size)
                     for p in range(pos, min(steps_per_epoch, pos + total - step))}
             loaded = batches(train, [piece for pieces, _ in plan.values() for piece in pieces], pad_id, compute,
@@ -233,6 +262,8 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             group["lr"] = group["base_lr"] * factor
         optim.zero_grad(set_to_none=True)
         loss_sum, correct, count = accumulate(stage, train_model, *plan[pos], loaded, scaler, compute, device)
+        real, padded = pad_share(lengths, [order[pos * hp.batch_size : (pos + 1) * hp.batch_size]])
+        run_real, run_padded = run_real + real, run_padded + padded
         loss = loss_sum / max(count, 1)  # the global batch's mean loss, the same on every rank
         scaler.unscale_(optim)
         for p in model.parameters():
@@ -270,9 +301,12 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             row = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
                    "lr": hp.lr * factor, "train_loss": run_loss / run_steps if run_steps else None,
                    "train_acc": run_correct / max(run_count, 1),
-                   "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(elapsed, 3)}
+                   "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(elapsed, 3),
+                   # share of the padded batch that was padding, over the steps since the last row
+                   "pad_share": round(run_padded / max(run_real + run_padded, 1), 4)}
             history.append(row)
             run_loss = run_correct = run_count = 0.0
+            run_real = run_padded = 0
             run_steps = 0
             bar.set_postfix(val_loss=f"{metrics['loss']:.3f}", val_acc=f"{metrics['acc']:.3f}")
             log.info("%s step %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f", stage.name, step, total,
