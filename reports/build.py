@@ -224,10 +224,10 @@ def floors_blocks(scopes: list, first: str) -> list:
                      *(floor_text(found[col]) for col in FLOOR_COLUMNS)])
     return [("h3", "Floors"),
             ("p", "Reference accuracies the runs computed from their own data (`baselines` in result.json; – where "
-             "results predate them): always the train split's majority class, and an order-free classifier on "
-             "token counts (bag of tokens). A model not above the order-free one has not used token order. The "
-             "unigram floor is the masked-token accuracy of always predicting the most frequent train token, the "
-             "floor for spt's pretraining."),
+             "results predate them): the majority class (always predicting the train split's most frequent "
+             "label), and an order-free classifier on token counts (bag of tokens). A model not above the "
+             "order-free one shows no use of token order. The unigram floor is the masked-token accuracy of always "
+             "predicting the most frequent train token, the floor for spt's pretraining."),
             ("table", Table([first, "runs with baselines", "n train/val/test", *FLOOR_COLUMNS.values()], rows))]
 
 
@@ -474,7 +474,7 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
         # Reference lines only where a task has one floor: along an axis they differ per value (see its plot).
         lines = {t: {"order-free baseline (test)": single_floor(ok[ok.task == t], "order_free_test_acc"),
                      "majority class (test)": single_floor(ok[ok.task == t], "majority_test_acc")} for t in tasks}
-        figs.append((figures.accuracy_bars(table, out, lines),
+        figs.append((figures.accuracy_bars(table, out, lines, {t: st["place"] for t, st in studies.items()}),
                      "Test accuracy per task, architecture and recipe (error bars: 95% bootstrap CI; dashed and "
                      "dotted lines: the order-free and majority-class baselines)"))
         gaps = {}
@@ -522,7 +522,7 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
     if curves:  # the numbers behind the curve figures
         write_csv(pd.concat(curves)[["task", "label", "step", "mean", "std", "n"]], out / "curves.csv")
     if axis_rows:
-        write_csv(pd.DataFrame(axis_rows), out / "axis.csv")
+        write_csv(pd.DataFrame(axis_rows).astype({"n": "Int64"}), out / "axis.csv")  # n: 3, not 3.0 beside gaps
     write_csv(runs, out / "results.csv")
     write_csv(table, out / "cells.csv")
     atomic_text(out / "report.md", to_markdown(blocks))

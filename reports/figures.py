@@ -79,9 +79,10 @@ def legend_outside(fig, axes) -> None:
 REFERENCE_STYLE = {"order-free baseline (test)": "--", "majority class (test)": ":"}
 
 
-def accuracy_bars(cells: pd.DataFrame, out: Path, lines: dict | None = None) -> Path:
+def accuracy_bars(cells: pd.DataFrame, out: Path, lines: dict | None = None, places: dict | None = None) -> Path:
     """One panel per task: test accuracy per arch (groups) and recipe (bars), 95% CI error bars. lines:
-    task -> {label: accuracy or None}, reference lines drawn across the panel (REFERENCE_STYLE)."""
+    task -> {label: accuracy or None}, reference lines drawn across the panel (REFERENCE_STYLE); places:
+    task -> {group_hash: axis value text}, how a task with a study axis labels its configurations."""
     tasks = sorted(cells.task.unique())
     cols = min(len(tasks), 3)
     rows = -(-len(tasks) // cols)
@@ -93,7 +94,9 @@ def accuracy_bars(cells: pd.DataFrame, out: Path, lines: dict | None = None) -> 
         # One group of bars per arch; a (arch, recipe) run with several configurations gets one group
         # per configuration, labelled with its hash, so nothing is drawn as if pooled.
         n_groups = c.groupby(["arch", "recipe"]).group_hash.transform("nunique")
-        xkey = [a if k == 1 else f"{a} [{g[:6]}]" for a, g, k in zip(c.arch, c.group_hash, n_groups)]
+        place = (places or {}).get(task)
+        xkey = [f"{a} @ {place.get(g, g[:6])}" if place else a if k == 1 else f"{a} [{g[:6]}]"
+                for a, g, k in zip(c.arch, c.group_hash, n_groups)]
         c = c.assign(x=xkey)
         names = sorted(set(xkey))
         series = {}
@@ -208,6 +211,7 @@ def axis_accuracy(task: str, key: str, values: list, along: list, order_free: li
                    color="0.5", ls="--")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(f"{task}: accuracy along {key}")
+    fig.tight_layout()
     legend_outside(fig, [ax])
     return save(fig, path)
 
