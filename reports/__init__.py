@@ -4,7 +4,8 @@ Reads every result.json (and metrics.jsonl) under a folder and imports nothing f
 code, so a report is a pure function of a folder of result files (and of the bootstrap seed).
 
     load.py     runs, unfinished run folders, metrics logs -> tidy DataFrames
-    stats.py    cells, bootstrap CIs, gaps, gap closed by SPT, SPT gain (Welch's t)
+    stats.py    cells, bootstrap CIs, gaps, gap closed by SPT, SPT gain (Welch's t), floors
+    axis.py     study axes (e.g. task.train_fraction): detection, --axis, cells per axis value, axis.csv
     figures.py  matplotlib (Agg) PNGs
     render.py   blocks -> Markdown and self-contained, escaped HTML
     build.py    assembles the report: build(runs_dir, out_dir)

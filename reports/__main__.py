@@ -1,6 +1,10 @@
-"""python -m reports RUNS_DIR [-o OUT_DIR]: report.md, report.html (figures embedded), results.csv
-(one row per run), cells.csv (one row per configuration), curves.csv (validation curves over
-seeds) and the figures as PNG."""
+"""python -m reports RUNS_DIR [-o OUT_DIR] [--axis KEY]: report.md, report.html (figures embedded),
+results.csv (one row per run), cells.csv (one row per configuration), curves.csv (validation curves
+over seeds), axis.csv (numbers along a study axis) and the figures as PNG.
+
+A task's study axis (e.g. task.train_fraction) is detected when exactly one setting differs between
+its configurations (reports/axis.py); --axis KEY declares it. A KEY that varies in no task, or names
+a seed, arch.* or recipe.* setting, is an error (exit 2, nothing written)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from reports.axis import AxisError
 from reports.build import NoRuns, build
 
 
@@ -19,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--out", type=Path, default=None, help="output folder (default: RUNS_DIR/report)")
     parser.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap resamples (default 10000)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed; the same seed gives the same report")
+    parser.add_argument("--axis", default=None, metavar="KEY",
+                        help="config key to lay cells out along, e.g. task.train_fraction (default: detected)")
     args = parser.parse_args(argv)
     if not args.runs_dir.is_dir():
         print(f"error: {args.runs_dir} is not a folder; pass the folder that holds your runs (e.g. runs)",
@@ -30,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.runs_dir / "report"
     command = "python -m reports " + " ".join(shlex.quote(a) for a in argv)
     try:
-        done = build(args.runs_dir, out, n_boot=args.bootstrap, seed=args.seed, command=command)
-    except NoRuns as exc:
+        done = build(args.runs_dir, out, n_boot=args.bootstrap, seed=args.seed, command=command, axis=args.axis)
+    except (NoRuns, AxisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {done['out'] / 'report.md'} and report.html ({done['runs']} runs: {done['counted']} counted, "

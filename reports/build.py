@@ -1,6 +1,7 @@
 """Assemble a report from a folder of runs: report.md, report.html (figures embedded), results.csv
 (one row per run), cells.csv (one row per configuration), curves.csv (the validation curves: mean,
-std and n over seeds per step) and the figures as PNG."""
+std and n over seeds per step), axis.csv (the numbers along study axes, when a task has one) and the
+figures as PNG."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from reports import axis as study
 from reports import figures, stats
-from reports.load import load_config, load_curves, load_runs, usable
+from reports.load import BASELINES, flat, load_config, load_curves, load_runs, usable
 from reports.render import Table, interval, pct, signed, to_html, to_markdown
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once: os.umask can only be read by setting it
-BASE, TREAT = "supervised", "spt"  # the comparison the suite is about; other recipes still get tables
+BASE, TREAT, MATCHED = stats.BASE, stats.TREAT, stats.MATCHED
 
 
 class NoRuns(ValueError):
@@ -41,13 +43,6 @@ def show(v) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return "?"
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
-
-
-def flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def config_difference(paths: list[str]) -> str:
@@ -114,8 +109,9 @@ def closed_row(label: str, recipes: dict) -> list:
 CLOSED_COLUMNS = ["task", "architectures", f"gap {BASE}", f"gap {TREAT}", "gap closed (%)", "95% CI", "note"]
 
 
-def gain_table(recipes: dict, compute: dict | None = None, test: bool = True) -> Table | None:
-    base, treat = recipes.get(BASE, {}), recipes.get(TREAT, {})
+def gain_table(recipes: dict, compute: dict | None = None, test: bool = True, base_name: str = BASE) -> Table | None:
+    """TREAT − base_name per arch that ran both (None when none did)."""
+    base, treat = recipes.get(base_name, {}), recipes.get(TREAT, {})
     archs = sorted(set(base) & set(treat))
     if not archs:
         return None
@@ -129,19 +125,26 @@ def gain_table(recipes: dict, compute: dict | None = None, test: bool = True) ->
             else:
                 row += [f"{g['t']:.3f}", f"{g['p']:.3g}", "yes" if g["significant"] else "no"]
         if compute is not None:
-            row.append(f"{compute.get((arch, BASE), '?')} → {compute.get((arch, TREAT), '?')}")
+            row.append(f"{compute.get((arch, base_name), '?')} → {compute.get((arch, TREAT), '?')}")
         rows.append(row)
-    cols = ["arch", BASE, TREAT, "gain", "95% CI"]
+    cols = ["arch", base_name, TREAT, "gain", "95% CI"]
     if test:
         cols += ["Welch t", "p", "significant at 0.05"]
     if compute is not None:
-        cols.append(f"wall time s ({BASE} → {TREAT})")
+        cols.append(f"wall time s ({base_name} → {TREAT})")
     return Table(cols, rows)
 
 
 ACCURACY_COLUMNS = ["arch", "recipe", "config", "n", "seeds", "mean", "std", "95% CI", "val mean", "params",
                     "pretrain steps", "finetune steps", "wall time s", "device", "impl"]
-OUTPUTS = ("accuracy.png", "gap.png", "curves_*.png", "curves.csv")  # of an earlier report in the same folder
+# Of an earlier report in the same folder.
+OUTPUTS = ("accuracy.png", "gap.png", "curves_*.png", "curves.csv", "axis.csv", "axis_*.png")
+FLOOR_COLUMNS = {"majority_val_acc": "majority val", "majority_test_acc": "majority test",
+                 "order_free_val_acc": "order-free val", "order_free_test_acc": "order-free test",
+                 "unigram_val_acc": "unigram masked-token val"}
+NOT_ABOVE_ORDER_FREE = "no — not above the order-free baseline ({}): this model has not learned beyond token counts"
+NOT_ABOVE_UNIGRAM = ("no — not above the unigram floor ({}): pretraining has not learned beyond predicting the most "
+                     "frequent token")
 
 
 def seconds(x) -> str:
@@ -170,13 +173,15 @@ def intro(runs: pd.DataFrame, ok, repeated, bad, table, n_boot: int, seed: int, 
     return blocks
 
 
-def warnings_for(ok: pd.DataFrame, ambiguous: list) -> list[str]:
-    """What could mislead a reader: unpooled configurations, pooled code versions, mixed kernels/devices."""
+def warnings_for(ok: pd.DataFrame, ambiguous: list, along: list = ()) -> list[str]:
+    """What could mislead a reader: unpooled configurations (`along`: (task, axis key, value, arch, recipe,
+    groups) for those at one axis value), pooled code versions, mixed kernels/devices."""
     warnings = []
-    for task, arch, recipe, groups in ambiguous:
+    for task, where, arch, recipe, groups in [(t, "", a, r, gs) for t, a, r, gs in ambiguous] + \
+            [(t, f" at {k}={v}", a, r, gs) for t, k, v, a, r, gs in along]:
         paths = [ok[(ok.task == task) & (ok.arch == arch) & (ok.recipe == recipe) & (ok.group_hash == g)].path.iloc[0]
                  for g in groups]
-        warnings.append(f"{task} / {arch} / {recipe} has {len(groups)} configurations "
+        warnings.append(f"{task} / {arch} / {recipe}{where} has {len(groups)} configurations "
                         f"({', '.join(g[:8] for g in groups)}), reported apart and left out of gaps and gains: "
                         f"{config_difference(paths)}")
     for (task, arch, recipe, group), g in ok.groupby(["task", "arch", "recipe", "group_hash"], sort=True):
@@ -196,16 +201,85 @@ def warnings_for(ok: pd.DataFrame, ambiguous: list) -> list[str]:
     return warnings
 
 
-def task_blocks(task: str, t_cells: pd.DataFrame, recipes: dict, several: set) -> tuple[list, dict]:
-    """Accuracy table, gaps and SPT gains of one task. -> (blocks, {recipe: gap result})."""
+def floor_text(values: list[float]) -> str:
+    """One floor for a table: its value, a range where runs disagree, '–' where none recorded it."""
+    if not values:
+        return "–"
+    return pct(values[0]) if len(values) == 1 else f"{pct(values[0])}–{pct(values[-1])} (varies, see Warnings)"
+
+
+def floor_warnings(label: str, found: dict) -> list[str]:
+    differ = [f"{col}: {', '.join(pct(v) for v in vals)}" for col, vals in found.items() if len(vals) > 1]
+    return [f"{label}: runs disagree on their baselines ({'; '.join(differ)}), so they did not see the same data; "
+            "each cell is compared with its own"] if differ else []
+
+
+def floors_blocks(scopes: list, first: str) -> list:
+    """The floors of one task, per scope (label, its runs): the task, or each value of its study axis."""
     rows = []
+    for label, runs in scopes:
+        found = stats.floors(runs)
+        have = int(runs[list(BASELINES)].notna().any(axis=1).sum())
+        rows.append([label, f"{have} of {len(runs)}", stats.distinct(runs.baseline_n.dropna()) or "–",
+                     *(floor_text(found[col]) for col in FLOOR_COLUMNS)])
+    return [("h3", "Floors"),
+            ("p", "Reference accuracies the runs computed from their own data (`baselines` in result.json; – where "
+             "results predate them): the majority class (always predicting the train split's most frequent "
+             "label), and an order-free classifier on token counts (bag of tokens). A model not above the "
+             "order-free one shows no use of token order. The unigram floor is the masked-token accuracy of always "
+             "predicting the most frequent train token, the floor for spt's pretraining."),
+            ("table", Table([first, "runs with baselines", "n train/val/test", *FLOOR_COLUMNS.values()], rows))]
+
+
+def flag(lo, mean, n: int, floor, no: str) -> str:
+    verdict = stats.above(lo, mean, n, floor)
+    if verdict is None:
+        return "–"
+    return ("yes" if n > 1 else "yes (1 seed: its mean)") if verdict else no.format(pct(floor))
+
+
+def accuracy_blocks(t_cells: pd.DataFrame, key: str | None, place: dict) -> list:
+    """The accuracy table (flagged against the order-free floor) and spt's pretraining against the unigram
+    floor. place: group_hash -> axis value text (key set)."""
+    rows, pre_rows, below, compared = [], [], [], 0
     for r in t_cells.sort_values(["arch", "recipe", "group_hash"]).itertuples():
         spread = r.n > 1  # pandas stores a missing std/CI as NaN: decide by n, not by the value
+        verdict = flag(r.ci_lo, r.mean, r.n, r.order_free_test_acc, NOT_ABOVE_ORDER_FREE)
+        compared += verdict != "–"
+        if verdict.startswith("no"):
+            below.append(f"{r.arch}/{r.recipe}" + (f" at {key}={place[r.group_hash]}" if key else ""))
         rows.append([r.arch, r.recipe, r.group_hash[:8], r.n, ", ".join(map(str, r.seeds)), pct(r.mean),
                      pct(r.std) if spread else "n/a (1 seed)", interval((r.ci_lo, r.ci_hi) if spread else None),
                      "–" if pd.isna(r.val_acc_mean) else pct(r.val_acc_mean), r.params, r.pretrain_steps,
-                     r.finetune_steps, seconds(r.compute_s), r.device, r.impl])
-    blocks = [("h2", f"Task: {task}"), ("h3", "Accuracy: arch × recipe"), ("table", Table(ACCURACY_COLUMNS, rows)),
+                     r.finetune_steps, seconds(r.compute_s), r.device, r.impl, verdict,
+                     *([place[r.group_hash]] if key else [])])
+        if r.pretrain_n:
+            pre_ci = (r.pretrain_ci_lo, r.pretrain_ci_hi) if r.pretrain_n > 1 else None
+            pre_rows.append([r.arch, r.recipe, r.group_hash[:8], *([place[r.group_hash]] if key else []),
+                             r.pretrain_n, pct(r.pretrain_val_acc_mean), interval(pre_ci),
+                             "–" if pd.isna(r.unigram_val_acc) else pct(r.unigram_val_acc),
+                             flag(r.pretrain_ci_lo, r.pretrain_val_acc_mean, r.pretrain_n, r.unigram_val_acc,
+                                  NOT_ABOVE_UNIGRAM)])
+    if not compared:
+        line = ("No order-free baseline in these results (written before runs recorded `baselines`): accuracies "
+                "are not compared with a floor.")
+    else:
+        line = (f"{len(below)} of {compared} cells with a baseline are not above the order-free baseline (their 95% "
+                "CI lower bound, with one seed their mean, does not exceed its test accuracy)"
+                + (f": {', '.join(below)}." if below else "."))
+    blocks = [("h3", "Accuracy: arch × recipe"), ("p", line),
+              ("table", Table([*ACCURACY_COLUMNS, "above order-free?", *([key] if key else [])], rows))]
+    if pre_rows:
+        blocks += [("p", f"{TREAT} pretraining: masked-token accuracy on val (metrics.pretrain_val_acc, mean over "
+                    "seeds) next to the unigram floor, flagged the same way:"),
+                   ("table", Table(["arch", "recipe", "config", *([key] if key else []), "n", "pretrain masked acc",
+                                    "95% CI", "unigram floor", "above unigram?"], pre_rows))]
+    return blocks
+
+
+def task_blocks(task: str, t_cells: pd.DataFrame, recipes: dict, several: set, t_ok: pd.DataFrame) -> tuple[list, dict]:
+    """Floors, accuracy table, gaps and SPT gains of one task without a study axis. -> (blocks, {recipe: gap})."""
+    blocks = [("h2", f"Task: {task}"), *floors_blocks([(task, t_ok)], "task"), *accuracy_blocks(t_cells, None, {}),
               ("h3", "Gap between architectures")]
     apart = sorted(f"{a}/{r}" for t, a, r in several if t == task)
     note = f"Left out of the comparisons (several configurations, see Warnings): {', '.join(apart)}." if apart else None
@@ -219,7 +293,62 @@ def task_blocks(task: str, t_cells: pd.DataFrame, recipes: dict, several: set) -
                    ("p", f"gain = mean({TREAT}) − mean({BASE}); Welch's t-test over seeds (scipy, unequal variances), "
                     "two-sided, one test per architecture with no correction for testing several."),
                    ("table", gains)]
+    matched = gain_table(recipes, compute, base_name=MATCHED)
+    if matched:
+        blocks += [("h3", f"{TREAT} vs {MATCHED} (compute-matched)"),
+                   ("p", f"{MATCHED} trains from scratch for as many optimizer steps as {TREAT}'s pretraining and "
+                    f"fine-tuning together: gain = mean({TREAT}) − mean({MATCHED}) is what pretraining adds beyond "
+                    "the extra steps. Welch's t-test as above."),
+                   ("table", matched)]
     return blocks, gaps
+
+
+def along_table(values: list, rows: list, first: list, block: list) -> Table:
+    """rows: (first cells, [cells of `block` per axis value]) -> one table, a column block per value."""
+    return Table([*first, *(f"{v}: {c}" for v in values for c in block)],
+                 [[*head, *(c for per in cells for c in per)] for head, cells in rows])
+
+
+def gain_cells(g: dict | None) -> list:
+    if g is None:
+        return ["–", "–", "–"]
+    return [signed(g["gain"]), interval(g["ci"], signed), "n/a" if g["p"] is None else f"{g['p']:.3g}"]
+
+
+def axis_blocks(task: str, key: str, how: str, values: list, along: list, effects: list, note: str | None) -> list:
+    """The comparisons along a task's study axis: one table per quantity, a column block per axis value."""
+    shown = [show(v) for v in values]
+    combos = sorted({(a, r) for recipes in along for r, archs in recipes.items() for a in archs},
+                    key=lambda ar: (ar[0], figures.recipe_rank(ar[1])))
+
+    def acc(recipes, arch, recipe):
+        p = recipes.get(recipe, {}).get(arch)
+        return ["–", "–", "–"] if p is None else [pct(p.mean), interval(stats.ci(p.boot, p.n)), p.n]
+
+    def gap_cells(g):
+        return ["n/a (< 2 archs)", "–"] if g is None else [pct(g["gap"]), interval(g["gap_ci"])]
+
+    blocks = [("h3", f"Along the study axis {key}"),
+              ("p", f"{how} Values: {', '.join(shown)}. Each value's cells are compared as a task's are: mean test "
+               "accuracy, 95% bootstrap CI, n seeds." + (f" {note}" if note else "")),
+              ("table", along_table(shown, [([a, r], [acc(rec, a, r) for rec in along]) for a, r in combos],
+                                    ["arch", "recipe"], ["mean", "95% CI", "n"])),
+              ("p", "Gap between architectures (best − worst mean) per recipe:"),
+              ("table", along_table(shown, [([r], [gap_cells(e["gaps"].get(r)) for e in effects])
+                                            for r in figures.recipe_order(r for e in effects for r in e["gaps"])],
+                                    ["recipe"], ["gap", "95% CI"])),
+              ("p", f"Gap closed by {TREAT} at each value (as in the table of all tasks):"),
+              ("table", Table([key, *CLOSED_COLUMNS[1:]], [closed_row(v, rec) for v, rec in zip(shown, along)]))]
+    for base in (BASE, MATCHED):
+        archs = sorted({a for e in effects for a in e["gains"].get(base, {})})
+        if not archs:
+            continue
+        blocks += [("p", f"{TREAT} − {base} per architecture" + (" (compute-matched)" if base == MATCHED else "")
+                    + " (gain, 95% CI, Welch's p):"),
+                   ("table", along_table(shown, [([a], [gain_cells(e["gains"].get(base, {}).get(a)) for e in effects])
+                                                       for a in archs],
+                                         ["arch"], ["gain", "95% CI", "p"]))]
+    return blocks
 
 
 def average_blocks(average: dict, left_out: list) -> list:
@@ -261,51 +390,118 @@ def write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_text(path, df.to_csv(index=False))
 
 
+def study_axis(task: str, key: str, declared: bool, t_ok: pd.DataFrame, cells: dict) -> dict:
+    """Everything the report shows along one task's axis: values, where each cell stands, per value its
+    points, comparisons (study.effects), floors and runs; `ambiguous` as warnings_for's `along`."""
+    values, value_of = study.layout(t_ok, key)
+    along, ambiguous = study.points_along(cells, task, values, value_of)
+    runs_at = [t_ok[study.at(value_of, t_ok.group_hash, v)] for v in values]
+    place = {g: "every value" if v is study.EVERYWHERE else show(v) for g, v in value_of.items()}
+    everywhere = sorted(f"{a}/{r}" for (t, a, r, g) in cells if t == task and value_of.get(g) is study.EVERYWHERE)
+    note = (f"{', '.join(everywhere)}: the same configuration at every value ({key} is not part of it), so shown at "
+            "each." if everywhere else None)
+    how = (f"Declared with `--axis {key}`." if declared else
+           f"Detected: the one setting (seeds, arch.* and recipe.* aside) that differs between {task}'s "
+           "configurations within at least two architecture × recipe pairs; `--axis KEY` declares another.")
+    return {"key": key, "values": values, "value_of": value_of, "along": along, "runs_at": runs_at,
+            "effects": [study.effects(r) for r in along], "place": place, "note": note, "how": how,
+            "ambiguous": [(task, key, show(v), a, r, gs) for v, a, r, gs in ambiguous]}
+
+
+def single_floor(runs: pd.DataFrame, col: str) -> float | None:
+    found = stats.floors(runs)[col]
+    return found[0] if len(found) == 1 else None
+
+
 def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed: int = 0,
-          command: str | None = None) -> dict:
-    """Write the report for runs_dir into out_dir; return counts and the paths written."""
+          command: str | None = None, axis: str | None = None) -> dict:
+    """Write the report for runs_dir into out_dir; return counts and the paths written. axis: a config key
+    declared as the study axis (study.detect; AxisError when no task varies in it), else auto-detected."""
     runs_dir, out = Path(runs_dir), Path(out_dir)
     runs = load_runs(runs_dir)
     if runs.empty:
         raise NoRuns(f"no runs (result.json or run folders) under {runs_dir}; run `python run.py ...` first")
+    ok, repeated = usable(runs)
+    axes, axis_notes = study.detect(ok, axis)  # before writing anything: a bad --axis leaves the folder as it was
     out.mkdir(parents=True, exist_ok=True)
     for pattern in OUTPUTS:  # a figure of a task no longer in the folder must not linger beside the report
         for old in out.glob(pattern):
             old.unlink()
-    ok, repeated = usable(runs)
     cells = stats.make_cells(ok, n_boot, seed)
-    table = stats.cell_table(ok, cells)
+    table = stats.cell_table(ok, cells, seed)
     by_task, ambiguous = stats.points(cells)
-    several = {(t, a, r) for t, a, r, _ in ambiguous}
+    several = {(t, a, r) for t, a, r, _ in ambiguous}  # curve labels: configurations told apart by hash
+    # A task with a study axis is compared per axis value instead, not as one set of cells.
+    by_task = {t: v for t, v in by_task.items() if t not in axes}
+    ambiguous = [a for a in ambiguous if a[0] not in axes]
+    studies = {t: study_axis(t, k, axis is not None, ok[ok.task == t], cells) for t, k in sorted(axes.items())}
     runs = runs.assign(counted=runs.path.isin(ok.path))
     bad = runs[runs.status != "ok"]
 
     where = f"{runs_dir}" + (f" by `{command}`" if command else "")
     blocks = intro(runs, ok, repeated, bad, table, n_boot, seed, where)
-    warnings = warnings_for(ok, ambiguous)
+    tasks = sorted(table.task.unique()) if not table.empty else []
+    warnings = warnings_for(ok, ambiguous, [a for st in studies.values() for a in st["ambiguous"]]) + axis_notes
+    for task in tasks:
+        if task in studies:
+            st = studies[task]
+            for v, r in zip(st["values"], st["runs_at"]):
+                warnings += floor_warnings(f"{task} at {st['key']}={show(v)}", stats.floors(r))
+        else:
+            warnings += floor_warnings(task, stats.floors(ok[ok.task == task]))
     if warnings:
         blocks += [("h2", "Warnings"), ("list", warnings)]
 
-    figs, curves = [], []
+    figs, curves, axis_rows = [], [], []
     if not ok.empty:
-        tasks = sorted(by_task)
-        closed = [closed_row(t, by_task[t]) for t in tasks]
-        average, left_out = stats.average_over_tasks(by_task) if len(tasks) > 1 else ({}, [])
-        if len(tasks) > 1:
+        plain = [t for t in tasks if t not in studies]
+        closed = []
+        for t in tasks:
+            if t in studies:
+                st = studies[t]
+                closed += [closed_row(f"{t} ({st['key']}={show(v)})", rec) for v, rec in zip(st["values"], st["along"])]
+            else:
+                closed.append(closed_row(t, by_task.get(t, {})))
+        average, left_out = stats.average_over_tasks(by_task) if len(plain) > 1 else ({}, [])
+        if len(plain) > 1:
             closed.append(closed_row("average over tasks", average) if average else
                           ["average over tasks", "–", "–", "–", "undefined", "–", "no arch × recipe in every task"])
         blocks += [("h2", f"Gap closed by {TREAT}"),
                    ("p", f"gap = best − worst mean accuracy among the architectures that ran both {BASE} and {TREAT}; "
                     f"gap closed = 1 − gap({TREAT}) / gap({BASE}). 100% means {TREAT} made the architectures equal; "
-                    "negative means it widened the gap."),
+                    "negative means it widened the gap. A task with a study axis has a row per axis value."),
                    ("table", Table(CLOSED_COLUMNS, closed))]
-        figs.append((figures.accuracy_bars(table, out),
-                     "Test accuracy per task, architecture and recipe (error bars: 95% bootstrap CI)"))
+        # Reference lines only where a task has one floor: along an axis they differ per value (see its plot).
+        lines = {t: {"order-free baseline (test)": single_floor(ok[ok.task == t], "order_free_test_acc"),
+                     "majority class (test)": single_floor(ok[ok.task == t], "majority_test_acc")} for t in tasks}
+        figs.append((figures.accuracy_bars(table, out, lines, {t: st["place"] for t, st in studies.items()}),
+                     "Test accuracy per task, architecture and recipe (error bars: 95% bootstrap CI; dashed and "
+                     "dotted lines: the order-free and majority-class baselines)"))
         gaps = {}
-        for task in tasks:
-            task_b, gaps[task] = task_blocks(task, table[table.task == task], by_task[task], several)
-            blocks += task_b
-            summary = curve_summary(task, ok[ok.task == task], several)
+        for i, task in enumerate(tasks):
+            t_ok = ok[ok.task == task]
+            if task in studies:
+                st = studies[task]
+                blocks += [("h2", f"Task: {task}"),
+                           *floors_blocks([(show(v), r) for v, r in zip(st["values"], st["runs_at"])], st["key"]),
+                           *accuracy_blocks(table[table.task == task], st["key"], st["place"]),
+                           *axis_blocks(task, st["key"], st["how"], st["values"], st["along"], st["effects"],
+                                        st["note"])]
+                floors = [{col: single_floor(r, col) for col in BASELINES} for r in st["runs_at"]]
+                axis_rows += study.csv_rows(task, st["key"], [show(v) for v in st["values"]], st["along"], floors)
+                name = f"{figures.safe(task)}_{i}"
+                figs += [(figures.axis_accuracy(task, st["key"], st["values"], st["along"],
+                                                [f["order_free_test_acc"] for f in floors],
+                                                out / f"axis_accuracy_{name}.png"),
+                          f"{task}: test accuracy along {st['key']} (bands: 95% CI; dashed grey: order-free baseline)"),
+                         (figures.axis_effects(task, st["key"], st["values"], st["effects"],
+                                               out / f"axis_effects_{name}.png"),
+                          f"{task}: gap closed by {TREAT} and {TREAT}'s gain along {st['key']} (bands: 95% CI)")]
+            else:
+                task_b, gaps[task] = task_blocks(task, table[table.task == task], by_task.get(task, {}), several,
+                                                 t_ok)
+                blocks += task_b
+            summary = curve_summary(task, t_ok, several)
             if summary is not None:
                 curves.append(summary)
                 path = out / f"curves_{figures.safe(task)}_{len(curves) - 1}.png"
@@ -314,7 +510,7 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
             figs.insert(1, (figures.gap_bars(gaps, out),
                             "Gap between the best and worst architecture under each recipe (error bars: 95% CI)"))
         if average:
-            blocks += average_blocks(average, left_out)
+            blocks += average_blocks(average, left_out + [f"{t} (it has a study axis)" for t in studies])
         blocks += [("h2", "Figures"), *(("img", (str(p), caption)) for p, caption in figs)]
     if not bad.empty:
         blocks += not_counted(bad, runs_dir)
@@ -325,8 +521,11 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
 
     if curves:  # the numbers behind the curve figures
         write_csv(pd.concat(curves)[["task", "label", "step", "mean", "std", "n"]], out / "curves.csv")
+    if axis_rows:
+        write_csv(pd.DataFrame(axis_rows).astype({"n": "Int64"}), out / "axis.csv")  # n: 3, not 3.0 beside gaps
     write_csv(runs, out / "results.csv")
     write_csv(table, out / "cells.csv")
     atomic_text(out / "report.md", to_markdown(blocks))
     atomic_text(out / "report.html", to_html(blocks, f"sptbench report: {runs_dir}"))
-    return {"runs": len(runs), "counted": len(ok), "not_ok": len(bad), "out": out, "figures": [p for p, _ in figs]}
+    return {"runs": len(runs), "counted": len(ok), "not_ok": len(bad), "out": out, "figures": [p for p, _ in figs],
+            "axes": axes}

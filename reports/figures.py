@@ -1,5 +1,6 @@
 """Figures (matplotlib, Agg: no display needed): accuracy bars with CIs, the gap under each recipe,
-and validation-accuracy curves. Each function writes one PNG and returns its path."""
+validation-accuracy curves, and accuracy and SPT's effects along a study axis. Each function writes
+one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from reports import stats  # noqa: E402
+
 DPI = 110
 
 
@@ -22,16 +25,20 @@ def safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", str(name))[:60] or "_"
 
 
+def recipe_rank(name) -> tuple:
+    """From scratch first, then SPT, then its compute-matched control, then any other recipe: bars read
+    left to right as a before/after."""
+    return {"supervised": 0, "spt": 1, "supervised_matched": 2}.get(name, 3), str(name)
+
+
 def recipe_order(names) -> list[str]:
-    """From scratch first, then SPT, then any other recipe: bars read left to right as a before/after."""
-    rank = {"supervised": 0, "spt": 1}
-    return sorted(set(names), key=lambda r: (rank.get(r, 2), str(r)))
+    return sorted(set(names), key=recipe_rank)
 
 
 def save(fig, path: Path) -> Path:
     """Write the PNG under a temporary name, then rename: a reader never sees half a figure."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=DPI, format="png")
+    fig.savefig(tmp, dpi=DPI, format="png", bbox_inches="tight")  # "tight": legends placed outside the axes
     plt.close(fig)
     os.replace(tmp, path)
     return path
@@ -59,8 +66,23 @@ def grouped_bars(ax, groups: list[str], series: dict[str, tuple[list, list, list
     ax.grid(axis="y", alpha=0.3)
 
 
-def accuracy_bars(cells: pd.DataFrame, out: Path) -> Path:
-    """One panel per task: test accuracy per arch (groups) and recipe (bars), 95% CI error bars."""
+def legend_outside(fig, axes) -> None:
+    """One legend for the figure, right of the panels, so that it never hides data."""
+    found = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            found.setdefault(label, handle)
+    if found:
+        fig.legend(found.values(), found.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+
+
+REFERENCE_STYLE = {"order-free baseline (test)": "--", "majority class (test)": ":"}
+
+
+def accuracy_bars(cells: pd.DataFrame, out: Path, lines: dict | None = None, places: dict | None = None) -> Path:
+    """One panel per task: test accuracy per arch (groups) and recipe (bars), 95% CI error bars. lines:
+    task -> {label: accuracy or None}, reference lines drawn across the panel (REFERENCE_STYLE); places:
+    task -> {group_hash: axis value text}, how a task with a study axis labels its configurations."""
     tasks = sorted(cells.task.unique())
     cols = min(len(tasks), 3)
     rows = -(-len(tasks) // cols)
@@ -72,7 +94,9 @@ def accuracy_bars(cells: pd.DataFrame, out: Path) -> Path:
         # One group of bars per arch; a (arch, recipe) run with several configurations gets one group
         # per configuration, labelled with its hash, so nothing is drawn as if pooled.
         n_groups = c.groupby(["arch", "recipe"]).group_hash.transform("nunique")
-        xkey = [a if k == 1 else f"{a} [{g[:6]}]" for a, g, k in zip(c.arch, c.group_hash, n_groups)]
+        place = (places or {}).get(task)
+        xkey = [f"{a} @ {place.get(g, g[:6])}" if place else a if k == 1 else f"{a} [{g[:6]}]"
+                for a, g, k in zip(c.arch, c.group_hash, n_groups)]
         c = c.assign(x=xkey)
         names = sorted(set(xkey))
         series = {}
@@ -82,9 +106,12 @@ def accuracy_bars(cells: pd.DataFrame, out: Path) -> Path:
                               [r.ci_lo.iloc[0] if len(r) else None for r in rows],
                               [r.ci_hi.iloc[0] if len(r) else None for r in rows])
         grouped_bars(ax, names, series, "test accuracy (%)")
+        for label, value in ((lines or {}).get(task) or {}).items():
+            if value is not None:
+                ax.axhline(100 * value, color="0.35", lw=1.2, ls=REFERENCE_STYLE.get(label, "--"), label=label)
         ax.set_title(str(task))
-        ax.legend(fontsize=8)
     fig.tight_layout()
+    legend_outside(fig, axes.flat)
     return save(fig, out / "accuracy.png")
 
 
@@ -101,8 +128,8 @@ def gap_bars(gaps: dict[str, dict[str, dict | None]], out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(tasks) + 3), 4))
     grouped_bars(ax, tasks, series, "best − worst architecture (points)")
     ax.set_title("Gap between architectures under each recipe")
-    ax.legend(fontsize=8)
     fig.tight_layout()
+    legend_outside(fig, [ax])
     return save(fig, out / "gap.png")
 
 
@@ -128,4 +155,89 @@ def curves(task: str, stats: pd.DataFrame, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return save(fig, path)
+
+
+def axis_x(ax, key: str, values: list) -> np.ndarray:
+    """x positions of axis values: the numbers themselves (log scale when all > 0 and spanning >= 10x),
+    else evenly spaced categories labelled with the values."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        x = np.array(values, dtype=float)
+        if len(x) > 1 and x.min() > 0 and x.max() / x.min() >= 10:
+            ax.set_xscale("log")
+        ax.set_xticks(x, [str(v) for v in values])
+        ax.minorticks_off()
+    else:
+        x = np.arange(len(values), dtype=float)
+        ax.set_xticks(x, [str(v) for v in values])
+    ax.set_xlabel(key)
+    ax.grid(alpha=0.3)
+    return x
+
+
+def line_with_band(ax, x, found: list, label: str, **style) -> None:
+    """found: (mean, (lo, hi) or None) or None per x; a line through the present means (in %), and a
+    band where the CIs are."""
+    idx = [i for i, f in enumerate(found) if f is not None]
+    if not idx:
+        return
+    line, = ax.plot(x[idx], [100 * found[i][0] for i in idx], marker="o", label=label, **style)
+    band = [i for i in idx if found[i][1] is not None]
+    if band:
+        ax.fill_between(x[band], [100 * found[i][1][0] for i in band], [100 * found[i][1][1] for i in band],
+                        color=line.get_color(), alpha=0.15)
+
+
+STYLES = ["-", "--", "-.", ":"]
+
+
+def axis_accuracy(task: str, key: str, values: list, along: list, order_free: list, path: Path) -> Path:
+    """Test accuracy vs axis value: one colour per arch, one line style per recipe, 95% CI bands, and the
+    order-free baseline (dashed grey). along: {recipe: {arch: stats.Point}} per value; order_free: its
+    test accuracy (or None) per value."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    x = axis_x(ax, key, values)
+    archs = sorted({a for r in along for archs in r.values() for a in archs})
+    recipes = recipe_order(r for rec in along for r in rec)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, arch in enumerate(archs):
+        for j, recipe in enumerate(recipes):
+            found = [(p.mean, stats.ci(p.boot, p.n)) if (p := rec.get(recipe, {}).get(arch)) else None
+                     for rec in along]
+            line_with_band(ax, x, found, f"{arch} / {recipe}", color=colours[i % len(colours)],
+                           ls=STYLES[j % len(STYLES)])
+    line_with_band(ax, x, [None if v is None else (v, None) for v in order_free], "order-free baseline (test)",
+                   color="0.5", ls="--")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{task}: accuracy along {key}")
+    fig.tight_layout()
+    legend_outside(fig, [ax])
+    return save(fig, path)
+
+
+def axis_effects(task: str, key: str, values: list, effects: list, path: Path) -> Path:
+    """Two panels vs axis value: gap closed by SPT (%), and SPT's gain per arch over each base recipe
+    (solid: supervised, dashed: the compute-matched one), 95% CI bands. effects: axis.effects per value."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    x = axis_x(left, key, values)
+    axis_x(right, key, values)
+    closed = [(e["closed"]["value"], e["closed"]["ci"]) if e["closed"]["value"] is not None else None for e in effects]
+    line_with_band(left, x, closed, "gap closed", color="k")
+    left.set_ylabel("gap closed by spt (%)")
+    left.set_title(f"{task}: gap closed")
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    bases = recipe_order(b for e in effects for b in e["gains"])
+    archs = sorted({a for e in effects for g in e["gains"].values() for a in g})
+    for i, arch in enumerate(archs):
+        for j, base in enumerate(bases):
+            found = [(g["gain"], g["ci"]) if (g := e["gains"].get(base, {}).get(arch)) else None for e in effects]
+            line_with_band(right, x, found, f"{arch}: spt − {base}", color=colours[i % len(colours)],
+                           ls=STYLES[j % len(STYLES)])
+    for ax in (left, right):
+        ax.axhline(0, color="0.5", lw=0.8)
+    right.set_ylabel("gain (points)")
+    right.set_title(f"{task}: spt gain per architecture")
+    fig.tight_layout()
+    legend_outside(fig, [left, right])
     return save(fig, path)

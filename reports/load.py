@@ -4,8 +4,8 @@ A run folder is a Hydra job folder (`.hydra/config.yaml`) or a folder with a `ch
 subfolder or `metrics.jsonl`; the pretraining cache (`_cache/`) and report folders are neither.
 Nothing is imported from the training code: the fields read here are those that
 recipes/experiment.py writes (task, arch, recipe, seed, status, reason, config_hash, group_hash,
-metrics, params, steps, wall_time_s, device, hardware, impl, config) and the rows of recipes/train.py's
-metrics.jsonl (stage, step, val_acc, ...).
+metrics, params, steps, wall_time_s, device, hardware, impl, config, baselines) and the rows of
+recipes/train.py's metrics.jsonl (stage, step, val_acc, ...).
 """
 
 from __future__ import annotations
@@ -17,9 +17,34 @@ from pathlib import Path
 import pandas as pd
 
 REQUIRED = ("task", "arch", "recipe", "seed", "group_hash", "config_hash")
+# Reference floors a run computed from its own data (result.json `baselines`): column -> (part, field).
+BASELINES = {"majority_val_acc": ("majority", "val_acc"), "majority_test_acc": ("majority", "test_acc"),
+             "order_free_val_acc": ("order_free", "val_acc"), "order_free_test_acc": ("order_free", "test_acc"),
+             "unigram_val_acc": ("unigram", "val_acc")}
 COLUMNS = ["path", "task", "arch", "recipe", "seed", "status", "reason", "config_hash", "group_hash", "device",
            "impl", "test_acc", "val_acc", "params", "pretrain_steps", "finetune_steps", "compute_s",
-           "pretrain_reused", "code_version"]
+           "pretrain_reused", "code_version", "pretrain_val_acc", *BASELINES, "baseline_n"]
+
+
+def fraction(v) -> float | None:
+    """An accuracy read from a file, or None when it is missing or not a number in [0, 1]."""
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+    return float(v) if ok else None
+
+
+def _part(d, name: str) -> dict:
+    v = d.get(name) if isinstance(d, dict) else None
+    return v if isinstance(v, dict) else {}
+
+
+def baselines(r: dict) -> dict:
+    """result.json `baselines` as BASELINES columns and `baseline_n` ('500/500/500': train/val/test); None
+    where a result lacks them (written before runs recorded them) or holds something that is no accuracy."""
+    b = _part(r, "baselines")
+    out = {col: fraction(_part(b, part).get(field)) for col, (part, field) in BASELINES.items()}
+    n = _part(b, "n")
+    out["baseline_n"] = "/".join(str(n.get(s, "?")) for s in ("train", "val", "test")) if n else None
+    return out
 
 
 def _row(path: Path, r: dict) -> dict:
@@ -38,6 +63,7 @@ def _row(path: Path, r: dict) -> dict:
         # when it ran, so a cached stage does not make SPT look cheap. `total` is this process only.
         "compute_s": sum(v for k, v in wall.items() if k != "total" and isinstance(v, (int, float))) or None,
         "pretrain_reused": pretrain.get("reused"), "code_version": r.get("code_version"),
+        "pretrain_val_acc": fraction(metrics.get("pretrain_val_acc")), **baselines(r),
     }
 
 
@@ -138,6 +164,14 @@ def load_config(run_path: str | Path) -> dict:
         return json.loads((Path(run_path) / "result.json").read_text()).get("config") or {}
     except (OSError, ValueError, AttributeError):
         return {}
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: a config's settings by their dotted names."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
 
 
 def usable(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -19,8 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from reports.load import BASELINES
+
 EPS = 1e-9  # a supervised gap below this is "no gap": the ratio gap(spt)/gap(supervised) is undefined
 LEVEL = 0.95
+# The comparison the suite is about, and its compute-matched control: supervised given as many optimizer
+# steps as spt's pretraining + fine-tuning. Other recipes still get tables.
+BASE, TREAT, MATCHED = "supervised", "spt", "supervised_matched"
 
 
 @dataclass
@@ -74,23 +79,34 @@ def make_cells(ok: pd.DataFrame, n_boot: int, seed: int) -> dict[tuple, Cell]:
     return cells
 
 
-def cell_table(ok: pd.DataFrame, cells: dict[tuple, Cell]) -> pd.DataFrame:
-    """One row per cell: accuracy (n, mean, std, CI) and budget (params, steps, compute, device, impl)."""
+def mean_or_none(values: pd.Series) -> float | None:
+    return float(values.mean()) if values.notna().any() else None
+
+
+def cell_table(ok: pd.DataFrame, cells: dict[tuple, Cell], seed: int = 0) -> pd.DataFrame:
+    """One row per cell: accuracy (n, mean, std, CI), budget (params, steps, compute, device, impl), the
+    mean of its runs' floors (load.BASELINES; None without them) and of the pretraining masked-token
+    accuracy with its CI (pretrain_n seeds recorded it; resampled like test accuracy, key + '|pretrain')."""
     rows = []
     for key, cell in cells.items():
         task, arch, recipe, group = key
         g = ok[(ok.task == task) & (ok.arch == arch) & (ok.recipe == recipe) & (ok.group_hash == group)]
         interval = ci(cell.boot, cell.n)
+        pre = g.sort_values("seed").pretrain_val_acc.dropna().to_numpy(dtype=float)
+        pre_ci = ci(boot_means(pre, "|".join(key) + "|pretrain", len(cell.boot), seed), len(pre)) if len(pre) else None
         rows.append({
             "task": task, "arch": arch, "recipe": recipe, "group_hash": group, "n": cell.n,
             "seeds": sorted(g.seed.tolist()), "mean": cell.mean,
             "std": float(cell.accs.std(ddof=1)) if cell.n > 1 else None,
             "ci_lo": interval[0] if interval else None, "ci_hi": interval[1] if interval else None,
-            "val_acc_mean": float(g.val_acc.mean()) if g.val_acc.notna().any() else None,
+            "val_acc_mean": mean_or_none(g.val_acc),
             "params": distinct(g.params), "pretrain_steps": distinct(g.pretrain_steps),
             "finetune_steps": distinct(g.finetune_steps),
-            "compute_s": float(g.compute_s.mean()) if g.compute_s.notna().any() else None,
+            "compute_s": mean_or_none(g.compute_s),
             "device": distinct(g.device), "impl": distinct(g.impl),
+            **{col: mean_or_none(g[col]) for col in BASELINES},
+            "pretrain_n": len(pre), "pretrain_val_acc_mean": float(pre.mean()) if len(pre) else None,
+            "pretrain_ci_lo": pre_ci[0] if pre_ci else None, "pretrain_ci_hi": pre_ci[1] if pre_ci else None,
         })
     return pd.DataFrame(rows)
 
@@ -100,6 +116,20 @@ def distinct(values: pd.Series) -> str:
     seen = sorted({"?" if pd.isna(v) else (str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
                    for v in values})
     return ", ".join(seen)
+
+
+def floors(runs: pd.DataFrame) -> dict[str, list[float]]:
+    """{BASELINES column: its distinct values over `runs`} ([] when none recorded one). Runs on the same
+    data compute the same floors, so more than one value means they did not see the same data."""
+    return {col: sorted({round(float(v), 9) for v in runs[col].dropna()}) for col in BASELINES}
+
+
+def above(lo, mean, n: int, floor) -> bool | None:
+    """Whether a cell is above a floor: its 95% CI lower bound (its mean, with one seed) exceeds it. None
+    without a floor."""
+    if floor is None or pd.isna(floor):
+        return None
+    return bool((lo if n > 1 else mean) > floor)
 
 
 # --- comparisons between architectures -------------------------------------------------------------
