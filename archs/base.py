@@ -6,7 +6,8 @@ token embedding, no head and no pooling: those belong to the task (input encoder
 
 Constructor: `Backbone(d_model, n_layers, dropout, *, max_len, <arch-specific keywords>)`.
 `max_len` is the longest sequence the model will ever be given; the model builder passes it (the
-task's length plus one, room for a CLS token), so the YAML never has to guess it.
+task's length plus one, room for a CLS token) to a constructor that takes it, so the YAML never has
+to guess it. Subclassing is optional: any nn.Module with this constructor and forward plugs in.
 Constructors take no `**kwargs`: a misspelt option in a config must fail, not vanish.
 """
 
@@ -28,6 +29,12 @@ class Backbone(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:  # pragma: no cover - contract
         raise NotImplementedError
+
+
+def is_causal(backbone: nn.Module) -> bool:
+    """Whether position t sees only positions <= t. A module without a `causal` attribute is
+    bidirectional: the recipes (objective, pooling) and the conformance checks all ask here."""
+    return bool(getattr(backbone, "causal", False))
 
 
 def check_positive(name: str, value) -> None:

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from recipes import baselines, checkpoint, compute, distributed, guard
 from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
+from recipes.plugins import locate
 from tasks.base import DataError, Task, label_fraction
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,14 @@ def build_task(task_cfg: DictConfig) -> Task:
         label_fraction(1, fraction, 0)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if "_target_" not in params:
+        raise ConfigError(f"task '{name}' has no _target_: its YAML must name the task class")
+    locate(params["_target_"], f"task '{name}'")  # an import failure as one line (recipes/plugins.py)
     try:
         return instantiate(params, _convert_="all")
     except Exception as exc:
         root = root_cause(exc)
-        if isinstance(root, (ValueError, TypeError, ImportError)):
+        if isinstance(root, (ValueError, TypeError)):
             raise ConfigError(f"task '{name}' ({params.get('_target_')}): {root}") from exc
         raise
 
@@ -184,6 +188,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     plain = resolve(cfg)
     recipe = recipe_module(cfg.recipe.name)
     check_values(cfg, recipe.STAGES)
+    if "_target_" in cfg.arch:  # a plugin off the path fails now, not after the data is prepared
+        locate(cfg.arch._target_, f"arch '{cfg.arch.name}'")
     unused = {"finetune", "pretrain"} - set(recipe.STAGES)
     hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
     config_hash = digest(hashed)

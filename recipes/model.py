@@ -15,11 +15,12 @@ from __future__ import annotations
 import inspect
 
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from recipes.errors import ConfigError, root_cause
+from recipes.plugins import accepts, locate
 from tasks.base import Task
 
 POOLINGS = ("mean", "cls", "last")
@@ -99,32 +100,32 @@ class TokenPredictor(nn.Module):
         return self.head(self.body(ids, mask)[0])
 
 
-def flag_options(target: str) -> list[str]:
-    """The constructor arguments of `target` annotated `bool`."""
-    try:
-        cls = get_class(target)
-    except Exception:  # instantiate reports the import error in build_backbone
-        return []
+def flag_options(cls) -> list[str]:
+    """The constructor arguments of `cls` annotated `bool`."""
     return [n for n, p in inspect.signature(cls).parameters.items() if p.annotation in (bool, "bool")]
 
 
 def build_backbone(arch_cfg: DictConfig, max_len: int) -> nn.Module:
-    """Instantiate `conf/arch/<name>.yaml`: `name` is the label, everything else the constructor's."""
+    """Instantiate `conf/arch/<name>.yaml`: `name` is the label, everything else the constructor's.
+
+    Any nn.Module with `forward(x, mask=None)` and a constructor taking `d_model, n_layers, dropout`
+    plugs in: `max_len` is passed only to a constructor that takes it, and a module without a
+    `causal` attribute is bidirectional (archs.base.is_causal)."""
     params = OmegaConf.to_container(arch_cfg, resolve=True)
     name = params.pop("name", "?")
     if "_target_" not in params:
         raise ConfigError(f"arch '{name}' has no _target_: its YAML must name the backbone class")
-    for key in flag_options(params["_target_"]):
+    cls = locate(params["_target_"], f"arch '{name}'")
+    for key in flag_options(cls):
         if key in params and not isinstance(params[key], bool):  # a string such as 'no' would be truthy
             raise ConfigError(f"arch.{key}={params[key]!r} must be true or false")
+    extra = {"max_len": max_len} if accepts(cls, "max_len") else {}
     try:
-        return instantiate(params, max_len=max_len, _convert_="all")
+        return instantiate(params, **extra, _convert_="all")
     except Exception as exc:  # Hydra wraps constructor errors; show the root cause in one line
         root = root_cause(exc)
         if isinstance(root, (ValueError, TypeError)):
             raise ConfigError(f"arch '{name}' ({params['_target_']}): {root}") from exc
-        if isinstance(root, ImportError | AttributeError):
-            raise ConfigError(f"arch '{name}': cannot import {params['_target_']!r} ({root})") from exc
         raise
 
 

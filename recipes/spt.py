@@ -23,6 +23,7 @@ import logging
 import torch
 from omegaconf import OmegaConf
 
+from archs.base import is_causal
 from recipes import checkpoint, distributed
 from recipes.errors import ConfigError
 from recipes.model import TokenPredictor, build_body, pooling_for
@@ -97,7 +98,7 @@ def run(ctx) -> dict:
     seed = int(hp.seed)
     torch.manual_seed(seed)
     body = build_body(cfg, task)
-    causal = bool(getattr(body.backbone, "causal", False))
+    causal = is_causal(body.backbone)
     objective = objective_for(hp.objective, causal)
     pixel_loss = pixel_loss_for(hp.get("pixel_loss"), spec)
     pooling_for(cfg.model, causal)  # a bad pooling must fail now, not after hours of pretraining

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from archs.base import is_causal
 from recipes.model import Body, build_body, build_classifier, n_params, pooling_for
 from recipes.train import Stage, evaluate, fit
 
@@ -23,7 +24,7 @@ def classify_loss(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor):
 def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
     """Train a fresh classification head on `body` (all weights trainable); test the best on val."""
     cfg, spec = ctx.cfg, ctx.task.spec
-    pooling = pooling_for(cfg.model, bool(getattr(body.backbone, "causal", False)))
+    pooling = pooling_for(cfg.model, is_causal(body.backbone))
     torch.manual_seed(ctx.seed)  # the head's init must not depend on whether pretraining was cached
     model = build_classifier(body, cfg.arch.d_model, spec, pooling)
     hp = cfg.finetune

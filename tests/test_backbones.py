@@ -1,31 +1,27 @@
 """Conformance over the registry: every conf/arch/*.yaml (and its causal/position variants) must
-meet the backbone contract. A new backbone gets these checks by adding its YAML."""
+meet the backbone contract, checked by archs/conformance.py (the same checks `python -m archs.check`
+runs on plugins). A new backbone gets these checks by adding its YAML."""
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 from omegaconf import OmegaConf
 
-from archs import mamba_cpu
+from archs import conformance, mamba_cpu
 from recipes.errors import ConfigError
 from recipes.model import build_backbone
 
 ARCH_DIR = Path(__file__).resolve().parent.parent / "conf" / "arch"
 ARCHS = sorted(p.stem for p in ARCH_DIR.glob("*.yaml"))
-SMALL = {"d_model": 16, "n_layers": 2, "dropout": 0.0}
 
 
 def flipped_direction(arch: str) -> dict:
     """The override that turns an arch's default direction around: `causal` or `bidirectional`."""
-    cfg = OmegaConf.load(ARCH_DIR / f"{arch}.yaml")
-    if "causal" in cfg:
-        return {"causal": not cfg.causal}
-    if "bidirectional" in cfg:
-        return {"bidirectional": not cfg.bidirectional}
-    return {}
+    return conformance.flipped_direction(OmegaConf.load(ARCH_DIR / f"{arch}.yaml"))
 
 
 # Options worth covering beyond each YAML's defaults: (arch, overrides).
@@ -39,17 +35,12 @@ VARIANTS = [(a, {}) for a in ARCHS] + [(a, flipped_direction(a)) for a in ARCHS 
 
 def config(arch: str, **overrides):
     cfg = OmegaConf.load(ARCH_DIR / f"{arch}.yaml")
-    return OmegaConf.merge(cfg, {k: v for k, v in SMALL.items() if k in cfg}, overrides)
+    return OmegaConf.merge(cfg, {k: v for k, v in conformance.SMALL.items() if k in cfg}, overrides)
 
 
 def make(arch: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return build_backbone(config(arch, **overrides), max_len=40).eval()
-
-
-def declared_causal(arch: str, overrides: dict) -> bool:
-    cfg = config(arch, **overrides)
-    return bool(cfg.causal) if "causal" in cfg else not cfg.get("bidirectional", True)
+    return build_backbone(config(arch, **overrides), max_len=conformance.MAX_LEN).eval()
 
 
 def ids(variant):
@@ -57,136 +48,29 @@ def ids(variant):
 
 
 @pytest.fixture(params=VARIANTS, ids=ids)
-def backbone(request):
+def variant(request):
+    """(make(seed) -> backbone, declared causal, arch, overrides) for one variant."""
     arch, overrides = request.param
-    return make(arch, **overrides), arch, overrides
+    return (partial(make, arch, **overrides), conformance.declared_causal(config(arch, **overrides)), arch,
+            overrides)
 
 
 def test_registry_holds_the_four_families():
     assert {"transformer", "s4", "s4d", "mamba", "cnn"} <= set(ARCHS)
 
 
-def test_shape_and_gradient_reaches_every_parameter(backbone):
-    model, _, _ = backbone
-    model.train()
-    x = torch.randn(3, 40, 16, requires_grad=True)
-    mask = torch.ones(3, 40, dtype=torch.bool)
-    mask[1, 25:] = False
-    y = model(x, mask)
-    assert y.shape == (3, 40, 16) and torch.isfinite(y).all()
-    (y * mask[..., None]).pow(2).sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing, f"no gradient reaches {missing}"
+@pytest.mark.parametrize("check", [c for c in conformance.CHECKS if c != "learns a small task"])
+def test_conformance(variant, check):
+    """Shapes and gradients, padding invariance, direction, state-dict round trip, determinism."""
+    build, causal, _, _ = variant
+    conformance.CHECKS[check](build, causal)
 
 
-def test_padding_does_not_influence_real_positions(backbone):
-    model, _, _ = backbone
-    torch.manual_seed(1)
-    x = torch.randn(2, 30, 16)
-    mask = torch.ones(2, 30, dtype=torch.bool)
-    mask[0, 18:] = False
-    y = model(x, mask)
-    x2 = x.clone()
-    x2[0, 18:] = torch.randn(12, 16) * 100  # garbage in the padding
-    y2 = model(x2, mask)
-    torch.testing.assert_close(y[0, :18], y2[0, :18])
-    # and the same sequence without any padding gives the same real outputs
-    y3 = model(x[:1, :18], mask[:1, :18])
-    torch.testing.assert_close(y[0, :18], y3[0], atol=1e-5, rtol=1e-5)
-
-
-def test_causality_when_declared(backbone):
-    model, arch, overrides = backbone
-    assert model.causal == declared_causal(arch, overrides)
-    x = torch.randn(2, 24, 16)
-    x2 = x.clone()
-    x2[:, 12:] += torch.randn(2, 12, 16)
-    padded = torch.ones(2, 24, dtype=torch.bool)
-    padded[1, 20:] = False
-    # Without a mask, with an all-real mask, and with padding: training always passes a mask.
-    for mask in (None, torch.ones(2, 24, dtype=torch.bool), padded):
-        y, y2 = model(x, mask), model(x2, mask)
-        if model.causal:
-            torch.testing.assert_close(y[:, :12], y2[:, :12])
-        else:  # a bidirectional model must see the future, or causal=False would be a lie
-            assert not torch.allclose(y[:, :12], y2[:, :12])
-
-
-def test_state_dict_round_trip(backbone, tmp_path):
-    model, arch, overrides = backbone
-    path = tmp_path / "w.pt"
-    torch.save(model.state_dict(), path)
-    other = make(arch, **overrides)
-    for p in other.parameters():  # make sure the load, not a shared seed, is what matches
-        torch.nn.init.normal_(p)
-    other.load_state_dict(torch.load(path, weights_only=True))
-    x = torch.randn(2, 20, 16)
-    torch.testing.assert_close(model(x), other(x))
-
-
-def test_determinism_under_a_seed(backbone):
-    """Same seed -> same weights and the same training step; another seed -> other weights."""
-    _, arch, overrides = backbone
-    a, b, c = make(arch, 3, **overrides), make(arch, 3, **overrides), make(arch, 4, **overrides)
-    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(p, q), name
-    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
-    x = torch.randn(2, 20, 16)
-    losses = []
-    for model in (a, b):
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-        loss = model(x).pow(2).mean()
-        loss.backward()
-        opt.step()
-        losses.append((loss.item(), model(x).detach()))
-    assert losses[0][0] == losses[1][0]
-    torch.testing.assert_close(losses[0][1], losses[1][1], rtol=0, atol=0)
-
-
-class Probe(torch.nn.Module):
-    """Embedding -> backbone -> pooled linear head, for the learnability check."""
-
-    def __init__(self, backbone, vocab: int, n_classes: int):
-        super().__init__()
-        self.embed, self.backbone = torch.nn.Embedding(vocab, 16), backbone
-        self.head = torch.nn.Linear(16, n_classes)
-
-    def forward(self, ids):
-        h = self.backbone(self.embed(ids), torch.ones_like(ids, dtype=torch.bool))
-        return self.head(h.mean(1))
-
-
-def first_token_batch(n: int, length: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A start token (0), then tokens 1..8; the label is the first token after the start, mod 4
-    (chance 0.25). A model that does not mix positions sees that token only as one of ten in the
-    mean-pooled output, indistinguishable from the others; one that mixes can tag it by its
-    neighbour, the start token (found by content, so relative-position models can too)."""
-    ids = torch.randint(1, 9, (n, length), generator=gen)
-    ids[:, 0] = 0
-    return ids, ids[:, 1] % 4
-
-
-def test_learns_a_small_task(backbone):
-    from recipes.train import param_groups
-
-    _, arch, overrides = backbone
+def test_learns_a_small_task(variant):
+    build, causal, _, overrides = variant
     if "chunk_size" in overrides:
         pytest.skip("a performance knob: its equivalence is tested in test_parity.py")
-    model = Probe(make(arch, 0, **overrides), vocab=9, n_classes=4).train()
-    opt = torch.optim.AdamW(param_groups(model, 3e-3, 0.0))
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(300):
-        ids, labels = first_token_batch(32, 10, gen)
-        loss = torch.nn.functional.cross_entropy(model(ids), labels)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
-    ids, labels = first_token_batch(512, 10, gen)
-    with torch.no_grad():
-        acc = (model(ids).argmax(-1) == labels).float().mean().item()
-    assert acc > 0.6, f"{arch} {overrides}: accuracy {acc:.2f} after 300 steps (chance 0.25)"
+    conformance.learns_a_small_task(build, causal)
 
 
 @pytest.mark.parametrize("overrides, message", [
