@@ -33,9 +33,10 @@ def make_cfg(overrides: list[str], tmp_path: Path):
         return compose("config", overrides=[f"out_root={tmp_path}", *overrides])
 
 
-def cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """python run.py ARGS, run from `cwd` (so relative outputs land there)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HYDRA_FULL_ERROR": "0"}
+def cli(args: list[str], cwd: Path, timeout: int = 300, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    """python run.py ARGS, run from `cwd` (so relative outputs land there), with the folders `path`
+    (e.g. a plugin's package) on PYTHONPATH after the repo."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, (ROOT, *path))), "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
