@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from recipes import baselines, checkpoint, compute, distributed, guard
 from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
+from recipes.model import n_params
 from recipes.plugins import locate
 from tasks.base import DataError, Task, label_fraction
 
@@ -50,6 +51,28 @@ class Context:
     progress: bool
     compute: compute.Compute = compute.PLAIN  # precision, compile, micro-batches, loading
     full_train: object = None  # the whole train split when task.train_fraction < 1 (splits["train"] is the subset)
+
+    def announce(self, body) -> None:
+        """Log the run's header line, once a recipe has built its body: what runs, how big, on what,
+        with which implementation, and where its files go."""
+        cfg = self.cfg
+        log.info("run: task %s | arch %s | recipe %s | seed %s | params %s backbone + %s encoder | device %s | "
+                 "precision %s | impl %s | folder %s", cfg.task.name, cfg.arch.name, cfg.recipe.name, self.seed,
+                 f"{n_params(body.backbone):,}", f"{n_params(body.encoder):,}", self.device, self.compute.precision,
+                 implementation(body.backbone, cfg.arch.d_model, self.device), self.run_dir)
+
+
+def implementation(backbone: torch.nn.Module, d_model: int, device: torch.device) -> str:
+    """The backbone's `impl` on `device` ("torch" when it has none). Asked after one tiny forward there,
+    since a backbone may choose at its first call (Mamba's cuda, cpp or torch scan; S4's Cauchy kernel)."""
+    if not hasattr(backbone, "impl"):
+        return "torch"
+    training = backbone.training
+    backbone.to(device).eval()  # eval: no dropout, so the probe draws no random numbers
+    with torch.no_grad():
+        backbone(torch.zeros(1, 2, d_model, device=device), torch.ones(1, 2, dtype=torch.bool, device=device))
+    backbone.train(training)
+    return str(backbone.impl)
 
 
 def digest(obj) -> str:
@@ -218,6 +241,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = distributed.setup(pick_device(cfg.device))  # this rank's GPU under torchrun
     how = compute.resolve(cfg.compute, device)
     task = build_task(cfg.task)
+    task.progress = bool(cfg.progress)  # its data preparation's bars (tasks.base.Task.progress)
     cache_dir = Path(cfg.cache_dir)
     for folder, option in ((run_dir, "out_root (or hydra.run.dir)"), (cache_dir, "cache_dir")):
         problem = unwritable(folder)

@@ -98,6 +98,7 @@ def run(ctx) -> dict:
     seed = int(hp.seed)
     torch.manual_seed(seed)
     body = build_body(cfg, task)
+    ctx.announce(body)
     causal = is_causal(body.backbone)
     objective = objective_for(hp.objective, causal)
     pixel_loss = pixel_loss_for(hp.get("pixel_loss"), spec)

@@ -48,4 +48,6 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
 
 def run(ctx) -> dict:
     torch.manual_seed(ctx.seed)
-    return finetune(ctx, build_body(ctx.cfg, ctx.task))
+    body = build_body(ctx.cfg, ctx.task)
+    ctx.announce(body)
+    return finetune(ctx, body)

@@ -191,6 +191,9 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     warmup = min(int(hp.warmup_steps), total)
     optim = torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
     better = (lambda a, b: a > b) if stage.score == "acc" else (lambda a, b: a < b)
+    log.info("stage %s: %d steps (%s), batch size %d, lr %g, warmup %d, validation every %d steps", stage.name,
+             total, "max_steps" if hp.get("max_steps") else f"{hp.epochs} epochs of {steps_per_epoch}",
+             hp.batch_size, hp.lr, warmup, eval_every)
     scaler = torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16")
 
     step, elapsed, history, best, best_step = 0, 0.0, [], None, -1

@@ -265,6 +265,7 @@ class Task:
 
     spec: TaskSpec
     version = 1  # bump when preparation changes, so stale caches are rebuilt
+    progress = True  # show bars while preparing data; the suite sets it from the run's `progress`
 
     def cache_key(self) -> dict:
         raise NotImplementedError

@@ -183,7 +183,7 @@ class ListOps(Task):
         rng = random.Random(g["data_seed"])
         total = sum(self.sizes.values())
         seen, kept, tries = set(), [], 0
-        with tqdm(total=total, desc="generate listops", leave=False) as bar:
+        with tqdm(total=total, desc="generate listops", leave=False, disable=not self.progress) as bar:
             while len(kept) < total:
                 tries += 1
                 if tries > 1000 * total + 100_000:

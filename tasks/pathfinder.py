@@ -270,7 +270,7 @@ class Pathfinder(Task):
         images = np.zeros((len(rows), res * res), dtype=np.uint8)
         ok = np.zeros(len(rows), dtype=bool)
         bad: list[str] = []
-        for i, (path, _) in enumerate(tqdm(rows, desc=f"read pathfinder{res}", leave=False)):
+        for i, (path, _) in enumerate(tqdm(rows, desc=f"read pathfinder{res}", leave=False, disable=not self.progress)):
             try:
                 with Image.open(path) as im:
                     pixels = np.asarray(im.convert("L"), dtype=np.uint8)
@@ -303,7 +303,8 @@ class Pathfinder(Task):
             # Each split drawn on its own seed, so each is exactly balanced in label and distance.
             out = {}
             for i, split in enumerate(("train", "val", "test")):
-                images, labels, _ = generate(self.sizes[split], self.resolution, self.data_seed * 1000 + i)
+                images, labels, _ = generate(self.sizes[split], self.resolution, self.data_seed * 1000 + i,
+                                             progress=self.progress)
                 out[split] = ids_dataset(images.reshape(len(images), -1), labels)
             return out
         else:

@@ -70,6 +70,10 @@ def test_an_out_of_tree_gru_trains_through_run_py(plugin, tmp_path):
     assert result["status"] == "ok" and result["arch"] == "gru" and result["config"]["arch"]["name"] == "gru"
     assert result["pretrain"]["objective"] == "mlm"  # no `causal` attribute: bidirectional
     assert result["steps"] == {"pretrain": 3, "finetune": 3}
+    log = (path.parent / "run.log").read_text()  # the header says what ran, with the plugin's size
+    backbone = result["params"]["backbone"]
+    assert f"run: task listops | arch gru | recipe spt | seed 0 | params {backbone:,} backbone" in log
+    assert "%|" not in out.stderr and "generate listops" not in out.stderr  # progress=false: no bars at all
 
 
 def test_an_out_of_tree_plugin_off_the_path_is_one_error_line(plugin, tmp_path):
