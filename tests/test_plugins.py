@@ -116,3 +116,17 @@ def test_archs_check_refuses_what_it_cannot_build_in_one_line(plugin, tmp_path):
         "put its package on PYTHONPATH or pip install -e it"]
     out = check([tmp_path / "missing.yaml"], src)
     assert out.returncode == 2 and "no such file" in out.stderr
+
+
+def test_a_task_plugin_that_cannot_be_imported_is_one_config_error():
+    from omegaconf import OmegaConf
+
+    from recipes.errors import ConfigError
+    from recipes.experiment import build_task
+
+    with pytest.raises(ConfigError) as caught:
+        build_task(OmegaConf.create({"_target_": "mylab_tasks.copy.CopyTask", "name": "copy"}))
+    assert str(caught.value) == ("task 'copy': cannot import module 'mylab_tasks.copy' (of _target_ "
+                                 "mylab_tasks.copy.CopyTask): put its package on PYTHONPATH or pip install -e it")
+    with pytest.raises(ConfigError, match="module tasks.listops has no 'ListOpz'"):
+        build_task(OmegaConf.create({"_target_": "tasks.listops.ListOpz", "name": "listops"}))
