@@ -41,6 +41,14 @@ OBJECTIVES = ("auto", "mlm", "ntp")
 INPUTS = ("labelled", "all_train")
 
 
+def pretrain_split(ctx):
+    """-> (pretrain.inputs, the split whose documents pretraining reads), per INPUTS."""
+    inputs = ctx.cfg.pretrain.get("inputs", "labelled")
+    if inputs not in INPUTS:
+        raise ConfigError(f"pretrain.inputs={inputs!r} is not one of {', '.join(INPUTS)}")
+    return inputs, ctx.full_train if inputs == "all_train" and ctx.full_train is not None else ctx.splits["train"]
+
+
 def objective_for(requested: str, causal: bool) -> str:
     if requested not in OBJECTIVES:
         raise ConfigError(f"pretrain.objective={requested!r} is not one of {', '.join(OBJECTIVES)}")
@@ -103,11 +111,8 @@ def run(ctx) -> dict:
     objective = objective_for(hp.objective, causal)
     pixel_loss = pixel_loss_for(hp.get("pixel_loss"), spec)
     pooling_for(cfg.model, causal)  # a bad pooling must fail now, not after hours of pretraining
-    inputs = hp.get("inputs", "labelled")
-    if inputs not in INPUTS:
-        raise ConfigError(f"pretrain.inputs={inputs!r} is not one of {', '.join(INPUTS)}")
+    inputs, pretrain_on = pretrain_split(ctx)
     fraction = cfg.task.get("train_fraction", 1.0)
-    pretrain_on = ctx.full_train if inputs == "all_train" and ctx.full_train is not None else ctx.splits["train"]
     # Output width of the prediction head: the vocabulary, the grey levels, or one value.
     n_out = {None: spec.vocab_size, "ce": spec.pixel_levels, "l1": 1}[pixel_loss]
 

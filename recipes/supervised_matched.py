@@ -12,33 +12,22 @@ body; a token head instead of a pooled classifier), so matched steps are close t
 
 from __future__ import annotations
 
-import math
-
 import torch
 from omegaconf import OmegaConf
 
-from recipes.errors import ConfigError
 from recipes.model import build_body
-from recipes.spt import INPUTS
+from recipes.spt import pretrain_split
 from recipes.supervised import finetune
+from recipes.train import total_steps
 
 STAGES = ("finetune", "pretrain")
-
-
-def stage_steps(hp, n_examples: int) -> int:
-    """Optimizer steps of one stage, as recipes/train.py's fit counts them."""
-    return int(hp.max_steps) if hp.get("max_steps") else int(hp.epochs) * math.ceil(n_examples / hp.batch_size)
 
 
 def matched_steps(ctx) -> dict:
     """-> {"pretrain": spt's pretraining steps, "finetune": its fine-tuning steps, "total": their sum}."""
     cfg = ctx.cfg
-    inputs = cfg.pretrain.get("inputs", "labelled")
-    if inputs not in INPUTS:
-        raise ConfigError(f"pretrain.inputs={inputs!r} is not one of {', '.join(INPUTS)}")
-    docs = (ctx.full_train if inputs == "all_train" and ctx.full_train is not None else ctx.splits["train"]).documents()
-    pre = stage_steps(cfg.pretrain, len(docs))
-    fine = stage_steps(cfg.finetune, len(ctx.splits["train"]))
+    pre = total_steps(cfg.pretrain, len(pretrain_split(ctx)[1].documents()))
+    fine = total_steps(cfg.finetune, len(ctx.splits["train"]))
     return {"pretrain": pre, "finetune": fine, "total": pre + fine}
 
 

@@ -97,6 +97,11 @@ def epoch_order(n: int, seed: int, epoch: int, batch_size: int = 1, lengths: np.
     return np.concatenate([batches.reshape(-1), order[full * batch_size:]])
 
 
+def total_steps(hp: DictConfig, n_examples: int) -> int:
+    """Optimizer steps of a stage on `n_examples`: `max_steps` when set, else whole epochs."""
+    return int(hp.max_steps) if hp.get("max_steps") else int(hp.epochs) * math.ceil(n_examples / hp.batch_size)
+
+
 def pad_share(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, int]:
     """-> (real tokens, padded slots) of these batches, each padded to its longest example."""
     real = sum(int(lengths[b].sum()) for b in batches)
@@ -186,7 +191,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     pool = hp.get("bucket_pool") or 0
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
         raise ConfigError(f"{stage.name}.bucket_pool={pool!r} must be a whole number of batches >= 0 (0 = off)")
-    total = int(hp.max_steps) if hp.get("max_steps") else int(hp.epochs) * steps_per_epoch
+    total = total_steps(hp, len(train))
     eval_every = int(hp.eval_every) if hp.get("eval_every") else steps_per_epoch
     warmup = min(int(hp.warmup_steps), total)
     optim = torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
@@ -255,7 +260,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # this rank's pieces of every step left in the epoch, loaded ahead
             order_epoch = epoch
-            order = epoch_order(len(train), seed, epoch, hp.batch_size, lengths, int(hp.get("bucket_pool") or 0))
+            order = epoch_order(len(train), seed, epoch, hp.batch_size, lengths, pool)
             plan = {p: micro_batches(order[p * hp.batch_size : (p + 1) * hp.batch_size], compute.micro_batch_size)
                     for p in range(pos, min(steps_per_epoch, pos + total - step))}
             loaded = batches(train, [piece for pieces, _ in plan.values() for piece in pieces], pad_id, compute,
