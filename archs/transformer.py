@@ -47,22 +47,42 @@ def rotate(x: Tensor, base: float) -> Tensor:
 
 
 class Attention(nn.Module):
+    """Multi-head self-attention.
+
+    The probe hook (recipes/probes.py): with `keep_weights = True` the forward materialises the
+    attention probabilities, uses them for its output (the same result as the fused kernel, up to
+    rounding) and keeps them in `self.weights` (B, H, L, L), rows = queries. Any attention module of
+    a plugin that offers the same two attributes gets the attention probes."""
+
     def __init__(self, d_model: int, n_heads: int, dropout: float, causal: bool, rope_base: float | None):
         super().__init__()
         self.n_heads, self.dropout, self.causal, self.rope_base = n_heads, dropout, causal, rope_base
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.out = nn.Linear(d_model, d_model)
+        self.keep_weights, self.weights = False, None
 
     def forward(self, x: Tensor, allowed: Tensor | None) -> Tensor:
         """x (B, L, D); allowed (B, 1, L|1, L) bool, True = query may attend to key."""
         q, k, v = rearrange(self.qkv(x), "b l (three h e) -> three b h l e", three=3, h=self.n_heads)
         if self.rope_base is not None:
             q, k = rotate(q, self.rope_base), rotate(k, self.rope_base)
+        if self.keep_weights:
+            return self.out(rearrange(self.explicit(q, k, v, allowed), "b h l e -> b l (h e)"))
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and allowed is None,
         )
         return self.out(rearrange(y, "b h l e -> b l (h e)"))
+
+    def explicit(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None) -> Tensor:
+        """softmax(q k^T / sqrt(E)) v with the probabilities kept; q, k, v (B, H, L, E). For probes (no dropout)."""
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, L, L)
+        if allowed is None and self.causal:
+            allowed = torch.ones(q.shape[-2], q.shape[-2], dtype=torch.bool, device=q.device).tril()
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        self.weights = scores.softmax(-1)
+        return self.weights @ v
 
 
 class Block(nn.Module):

@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from recipes import baselines, checkpoint, compute, distributed, guard
+from recipes import baselines, checkpoint, compute, distributed, guard, probes
 from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
 from recipes.model import n_params
 from recipes.plugins import locate
@@ -33,7 +33,7 @@ from tasks.base import DataError, Task, label_fraction
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
-NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines")
+NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes")
 
 
 @dataclass
@@ -226,6 +226,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             "config_hash": config_hash, "group_hash": digest(seedless)}
 
     result_path = run_dir / "result.json"
+    identity = {"config_hash": config_hash, "config": hashed}
+    wanted = probes.settings(cfg)
     old = checkpoint.read_intact(result_path)  # a damaged one is moved aside and the run recomputed
     if old is not None:
         if old.get("config_hash") != config_hash:
@@ -235,6 +237,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if old.get("status") == "ok":
             log.info("already complete: %s (test_acc %.4f); delete it to rerun", result_path,
                      old["metrics"]["test_acc"])
+            if wanted is not None and (old.get("probes") or {}).get("settings") != wanted:
+                return add_probes(cfg, run_dir, old, identity)
             return old
         log.info("previous attempt failed (%s); running again", old.get("reason"))
 
@@ -254,7 +258,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         floors = baselines.cached(splits, task.spec, task.data_key(), cache_dir) if cfg.get("baselines", True) \
             else None
         ctx = Context(cfg=cfg, task=task, splits=splits, run_dir=run_dir, cache_dir=cache_dir, device=device,
-                      seed=cfg.seed, identity={"config_hash": config_hash, "config": hashed}, progress=cfg.progress,
+                      seed=cfg.seed, identity=identity, progress=cfg.progress,
                       compute=how, full_train=full_train)
         out = recipe.run(ctx)
         if floors is not None:
@@ -274,6 +278,25 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         checkpoint.write_json(result_path, result)
     log.info("result: %s test_acc %.4f val_acc %.4f -> %s", cfg.recipe.name, result["metrics"]["test_acc"],
              result["metrics"]["val_acc"], result_path)
+    return result
+
+
+def add_probes(cfg: DictConfig, run_dir: Path, result: dict, identity: dict) -> dict:
+    """A complete run without these probes (finished before they existed, or with other settings)
+    gets them from its checkpoints, and its result.json is rewritten with them."""
+    device = pick_device(cfg.device)
+    task = build_task(cfg.task)
+    task.progress = bool(cfg.progress)
+    splits = task.splits(Path(cfg.cache_dir))
+    try:
+        found = probes.backfill(cfg, task, splits, run_dir, result, identity, device)
+    except (FileNotFoundError, checkpoint.CheckpointError) as exc:
+        raise ConfigError(f"cannot add probes to {run_dir}: {str(exc).splitlines()[0]}; "
+                          "delete the run folder to rerun it, or set probes.enabled=false") from exc
+    result = {**result, "probes": found}
+    if distributed.is_main():
+        checkpoint.write_json(run_dir / "result.json", result)
+    log.info("probes: added to %s (%.1f s)", run_dir / "result.json", found["wall_time_s"])
     return result
 
 

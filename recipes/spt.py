@@ -28,6 +28,7 @@ from recipes import checkpoint, distributed
 from recipes.errors import ConfigError
 from recipes.model import TokenPredictor, build_body, pooling_for
 from recipes.objectives import mask_tokens, next_token_targets, pixel_l1_loss, token_loss
+from recipes.probes import Recorder
 from recipes.supervised import finetune
 from recipes.train import Stage, fit
 
@@ -147,12 +148,22 @@ def run(ctx) -> dict:
         elif distributed.is_main():
             checkpoint.write_json(out / "depends_on.json", depends_on)
             log.info("pretrain: training %s objective into %s (key %s)", objective, out, key)
+        # The init and pretrained probes belong to the pretraining: stored with it, reused with it.
+        probes = Recorder(ctx)
+        probed = probes.cached(out / "probes.json")
+        if not probed:
+            probes.take("init", body)  # fit has not loaded any checkpoint yet: the seeded init
         # documents(): the examples themselves, or each document of a dual-input task on its own.
         summary = fit(stage, pretrain_on.documents(), ctx.splits["val"].documents(), hp, out, seed=seed,
                       identity={"pretrain": key}, pad_id=spec.pad_id, device=ctx.device,
                       log_path=out / "metrics.jsonl", progress=ctx.progress, compute=ctx.compute)
+        if not probed:
+            probes.take("pretrained", body)
+            probes.store(out / "probes.json", ("init", "pretrained"))
 
     result = finetune(ctx, body, prefix_rows=summary["history"])
+    probes.take("finetuned", body)
+    probes.add_to(result)
     history = summary["history"]
     result["metrics"].update({
         "pretrain_val_loss": summary["best_val"]["loss"], "pretrain_val_acc": summary["best_val"]["acc"],

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from archs.base import is_causal
 from recipes.model import Body, build_body, build_classifier, n_params, pooling_for
+from recipes.probes import Recorder
 from recipes.train import Stage, evaluate, fit
 
 STAGES = ("finetune",)  # config sections this recipe runs; the others stay out of its hash
@@ -50,4 +51,8 @@ def run(ctx) -> dict:
     torch.manual_seed(ctx.seed)
     body = build_body(ctx.cfg, ctx.task)
     ctx.announce(body)
-    return finetune(ctx, body)
+    probes = Recorder(ctx)
+    probes.take("init", body)
+    result = finetune(ctx, body)
+    probes.take("finetuned", body)  # the best-on-validation weights, the ones tested
+    return probes.add_to(result)

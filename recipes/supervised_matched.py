@@ -16,6 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from recipes.model import build_body
+from recipes.probes import Recorder
 from recipes.spt import pretrain_split
 from recipes.supervised import finetune
 from recipes.train import total_steps
@@ -39,6 +40,9 @@ def run(ctx) -> dict:
     torch.manual_seed(ctx.seed)
     body = build_body(cfg, ctx.task)
     ctx.cfg = cfg
+    probes = Recorder(ctx)
+    probes.take("init", body)
     result = finetune(ctx, body)
+    probes.take("finetuned", body)
     result["matched"] = steps  # the spt run this one matches: its two stages' steps
-    return result
+    return probes.add_to(result)
