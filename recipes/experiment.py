@@ -289,14 +289,13 @@ def add_probes(cfg: DictConfig, run_dir: Path, result: dict, identity: dict) -> 
     task.progress = bool(cfg.progress)
     splits = task.splits(Path(cfg.cache_dir))
     try:
-        found = probes.backfill(cfg, task, splits, run_dir, result, identity, device)
+        result = probes.backfill(cfg, task, splits, run_dir, result, identity, device)
     except (FileNotFoundError, checkpoint.CheckpointError) as exc:
         raise ConfigError(f"cannot add probes to {run_dir}: {str(exc).splitlines()[0]}; "
                           "delete the run folder to rerun it, or set probes.enabled=false") from exc
-    result = {**result, "probes": found}
     if distributed.is_main():
         checkpoint.write_json(run_dir / "result.json", result)
-    log.info("probes: added to %s (%.1f s)", run_dir / "result.json", found["wall_time_s"])
+    log.info("probes: added to %s (%.1f s)", run_dir / "result.json", result["wall_time_s"]["probes"])
     return result
 
 

@@ -232,8 +232,10 @@ class Recorder:
             checkpoint.write_json(path, {"settings": self.s, "stages": {k: self.stages[k] for k in stages}})
 
     def add_to(self, result: dict) -> dict:
+        """result["probes"] and the probes' seconds in result["wall_time_s"] (with the other timings)."""
         if self.s is not None:
-            result["probes"] = {"settings": self.s, "stages": self.stages, "wall_time_s": round(self.seconds, 3)}
+            result["probes"] = {"settings": self.s, "stages": self.stages}
+            result.setdefault("wall_time_s", {})["probes"] = round(self.seconds, 3)
         return result
 
 
@@ -247,7 +249,7 @@ def backfill(cfg: DictConfig, task, splits: dict, run_dir: Path, result: dict, i
     """The probes of a complete run, from its checkpoints: the init body rebuilt from its seed as the
     recipe built it (torch.manual_seed, then build_body), the pretrained body from the cached
     pretraining's best.pt, the fine-tuned one from the run's own. The same numbers as probing during
-    the run (tests/test_probes.py checks it)."""
+    the run (tests/test_probes.py checks it). -> the result with them."""
     from types import SimpleNamespace
 
     from recipes.model import build_body
@@ -268,4 +270,6 @@ def backfill(cfg: DictConfig, task, splits: dict, run_dir: Path, result: dict, i
         rec.take("init", body)
     load_body(body, run_dir / "checkpoints" / "best.pt", identity)
     rec.take("finetuned", body)
-    return {**rec.add_to({})["probes"], "added_from_checkpoints": True}
+    found = rec.add_to({**result, "wall_time_s": dict(result.get("wall_time_s") or {})})
+    found["probes"]["added_from_checkpoints"] = True
+    return found
