@@ -95,7 +95,7 @@ def collect(t_ok: pd.DataFrame) -> tuple[pd.DataFrame, list, list]:
         probes = read(r.path)
         if probes is None:
             continue
-        settings.append(json.dumps(probes.get("settings"), sort_keys=True))
+        settings.append(probes.get("settings") if isinstance(probes.get("settings"), dict) else {})
         for stage, body in probes["stages"].items():
             if not isinstance(body, dict):
                 continue
@@ -104,6 +104,17 @@ def collect(t_ok: pd.DataFrame) -> tuple[pd.DataFrame, list, list]:
                 profiles.append((r.group_hash, r.arch, r.recipe, stage, p))
     cols = ["group_hash", "arch", "recipe", "seed", "stage", "measure", "layer", "value"]
     return pd.DataFrame(rows, columns=cols), profiles, settings
+
+
+def settings_text(found: list[dict]) -> str:
+    """'n_examples=32, directions=8 (12 runs) | null (6 runs)': each probe setting once, with the number of
+    runs behind each value where runs differ."""
+    parts = []
+    for k in sorted({k for s in found for k in s}):
+        counts = pd.Series([json.dumps(s.get(k)) for s in found]).value_counts().sort_index()
+        parts.append(f"{k}={counts.index[0]}" if len(counts) == 1 else
+                     f"{k}=" + " | ".join(f"{v} ({n} runs)" for v, n in counts.items()))
+    return ", ".join(parts) or "none recorded"
 
 
 def summarise(task: str, tidy: pd.DataFrame, n_boot: int, seed: int) -> dict:
@@ -196,12 +207,11 @@ def section(task: str, t_ok: pd.DataFrame, cells: dict, out: Path, name: str, n_
         p = points.get((g, s, m, lay))
         return fmt(None if p is None else p.mean, 3)
 
-    distinct, lacking = sorted(set(settings)), len(t_ok) - len(settings)
+    lacking = len(t_ok) - len(settings)
     blocks = [("h3", "Locality"),
               ("p", f"{len(settings)} of {len(t_ok)} counted runs carry probes (result.json `probes`)"
                + (f"; {lacking} without them are left out of this section" if lacking else "")
-               + ". Probe settings: " + (distinct[0] if len(distinct) == 1 else
-                                         f"they differ between runs ({'; '.join(distinct)})")
+               + f". Probe settings: {settings_text(settings)}"
                + ". Each number is the mean over seeds, with a 95% percentile bootstrap CI over seeds; n = seeds "
                "with that probe. Distances are in positions, entropy in nats, local share is the fraction of "
                "attention mass within the probes' window. Stages: init (before training), pretrained (after "
@@ -258,7 +268,7 @@ def change_blocks(task, cells, points, rows_of, columns, stands, key) -> list:
     supervised's finetuned) and gain (spt − supervised mean test accuracy), and their correlation over cells."""
     base, treat = stats.BASE, stats.TREAT
     measures_ = [(HEADLINE, "influence off-diagonal mean distance"), (ATTN_HEADLINE, "attention distance (layer mean)")]
-    rows, pairs_of = [], {m: [] for m, _ in measures_}
+    rows, pairs_of, unprobed = [], {m: [] for m, _ in measures_}, []
     for arch in sorted({a for a, _, _ in rows_of}):
         for v, text in columns:
             found = {r: [g for a, rr, g in rows_of if a == arch and rr == r and stands(g, v)] for r in (base, treat)}
@@ -270,23 +280,28 @@ def change_blocks(task, cells, points, rows_of, columns, stands, key) -> list:
             gain_ci = stats.ci(ct.boot - cb.boot, min(ct.n, cb.n))
             row = [arch, *([text] if key else [])]
             for m, _ in measures_:
-                pb, pt = points.get((gb, "finetuned", m, "" if m == HEADLINE else "mean")), \
-                    points.get((gt, "finetuned", m, "" if m == HEADLINE else "mean"))
+                layer = "" if m == HEADLINE else "mean"
+                pb, pt = points.get((gb, "finetuned", m, layer)), points.get((gt, "finetuned", m, layer))
                 if pb is None or pt is None:
                     row += ["–", "–"]
                     continue
                 d_ci = stats.ci(pt.boot - pb.boot, min(pt.n, pb.n))
                 pairs_of[m].append((pt.mean - pb.mean, gain, d_ci))
                 row += [fmt(pt.mean - pb.mean), bounds(d_ci)]
+            if all(c == "–" for c in row[len(row) - 4:]):  # no measure has both recipes' finetuned probes here
+                unprobed.append(arch + (f" at {text}" if key else ""))
+                continue
             row += [f"{100 * gain:+.2f}", "n/a (1 seed)" if gain_ci is None else
                     f"[{100 * gain_ci[0]:+.2f}, {100 * gain_ci[1]:+.2f}]"]
             rows.append(row)
+    left_out = (f" Left out, without finetuned probes for both recipes: {', '.join(unprobed)}." if unprobed else "")
     if not rows:
         return [("p", f"No architecture{' at any axis value' if key else ''} has both {treat} and {base} with one "
-                 "configuration each, so locality is not compared with the gain.")]
+                 "configuration each and their finetuned probes, so locality is not compared with the gain."
+                 + left_out)]
     blocks = [("p", f"Change in locality and {treat}'s gain, per architecture{' and ' + key if key else ''}: "
                f"Δ = {treat}'s finetuned − {base}'s finetuned (positions; 95% CI from the seeds' resamples); gain = "
-               f"mean test accuracy of {treat} − {base} (points)."),
+               f"mean test accuracy of {treat} − {base} (points, all seeds)." + left_out),
               ("table", Table(["arch", *([key] if key else []), "Δ influence off-diag distance", "95% CI",
                                "Δ attention distance (layer mean)", "95% CI", "gain", "95% CI"], rows))]
     lines = []
@@ -298,12 +313,13 @@ def change_blocks(task, cells, points, rows_of, columns, stands, key) -> list:
         excl = sum(c is not None and (c[1] < 0 or c[0] > 0) for _, _, c in found)
         r, rho = correlation([d for d, _, _ in found], [g for _, g, _ in found])
         n = len(found)
-        text = (f"{what}: {treat}'s finetuned value is lower than {base}'s in {lower} of {n} cells; the 95% CI of "
-                f"the difference excludes 0 in {excl}. Correlation of Δ with the gain over the {n} cells: ")
+        cells_n = f"{n} cell" + ("s" if n != 1 else "")
+        text = (f"{what}: {treat}'s finetuned value is lower than {base}'s in {lower} of {cells_n}; the 95% CI of "
+                f"the difference excludes 0 in {excl}. Correlation of Δ with the gain over the {cells_n}: ")
         text += ("undefined (needs >= 3 cells with spread in both)" if r is None else
                  f"Pearson r = {r:.2f}, Spearman r = {rho:.2f}")
         if n < 4:
-            text += f" — with n = {n} cells a correlation cannot mean much"
+            text += f" — with n = {cells_n} a correlation cannot mean much"
         lines.append(text + ".")
     return blocks + [("list", lines)]
 
@@ -315,9 +331,10 @@ def colour(recipe: str) -> str:
     return COLOURS.get(recipe, f"C{3 + sum(map(ord, str(recipe))) % 6}")
 
 
-def panels(n_rows: int, n_cols: int, width: float, sharey):
+def panels(n_rows: int, n_cols: int, width: float, sharey, sharex=False):
     """A grid of panels; a shared y scale so that panels compare by eye (the legend goes right of them)."""
-    return plt.subplots(n_rows, n_cols, figsize=(width * n_cols + 1.5, 3.0 * n_rows), squeeze=False, sharey=sharey)
+    return plt.subplots(n_rows, n_cols, figsize=(width * n_cols + 1.5, 3.0 * n_rows), squeeze=False, sharey=sharey,
+                        sharex=sharex)
 
 
 def influence_figure(task, profiles, rows_of, columns, stands, key, path: Path) -> Path:
@@ -325,15 +342,15 @@ def influence_figure(task, profiles, rows_of, columns, stands, key, path: Path) 
     archs = sorted({a for a, _, _ in rows_of})
     biggest = max((int(np.abs(p.index).max()) for *_, p in profiles), default=CLIP)
     clip = min(CLIP, biggest)
-    fig, axes = panels(len(columns), len(archs), 4.0, True)
+    fig, axes = panels(len(columns), len(archs), 4.0, True, sharex=True)
+
+    def mean_of(found):
+        s = pd.concat(found, axis=1).mean(axis=1).sort_index()  # offsets a run lacks count as absent
+        return s[(s.index >= -clip) & (s.index <= clip)]
+
     for i, (v, text) in enumerate(columns):
         for j, arch in enumerate(archs):
             ax = axes[i][j]
-
-            def mean_of(found):
-                s = pd.concat(found, axis=1).mean(axis=1).sort_index()  # offsets a run lacks count as absent
-                return s[(s.index >= -clip) & (s.index <= clip)]
-
             init = [p for g, a, r, s, p in profiles if a == arch and s == "init" and stands(g, v)]
             if init:
                 m = mean_of(init)
@@ -346,6 +363,9 @@ def influence_figure(task, profiles, rows_of, columns, stands, key, path: Path) 
                     if found:
                         m = mean_of(found)
                         ax.plot(m.index, m.values, ls=ls, color=colour(recipe), lw=1.4, label=f"{recipe} {stage}")
+            if not ax.lines:
+                ax.text(0.5, 0.5, "no runs with probes", transform=ax.transAxes, ha="center", color="0.5")
+            ax.set_xlim(-clip, clip)
             ax.set_title(f"{arch}" + (f" @ {key}={text}" if key else ""), fontsize=9)
             ax.set_xlabel("offset k = t − s")
             if j == 0:
@@ -369,7 +389,7 @@ def attention_figure(task, points, rows_of, columns, stands, key, path: Path) ->
         mine = [(r, g) for a, r, g in rows_of if a == arch and g in have and stands(g, v)]
         for j, stage in enumerate(stages):
             ax = axes[i][j]
-            for k, (recipe, g) in enumerate(mine):
+            for recipe, g in mine:
                 layers = sorted({lay for gg, s, m, lay in points if gg == g and s == stage and m == ATTN_HEADLINE
                                  and lay != "mean"}, key=layer_rank)
                 if not layers:
@@ -379,7 +399,8 @@ def attention_figure(task, points, rows_of, columns, stands, key, path: Path) ->
                 means = np.array([p.mean for p in ps])
                 err = np.array([[m - c[0] if c else 0 for m, c in zip(means, cis)],
                                 [c[1] - m if c else 0 for m, c in zip(means, cis)]])
-                x = np.array([int(lay) for lay in layers]) + 0.08 * (k - (len(mine) - 1) / 2)  # side by side
+                # Side by side, each recipe at the same place in every panel.
+                x = np.array([int(lay) for lay in layers]) + 0.08 * (figures.recipe_rank(recipe)[0] - 1)
                 ax.errorbar(x, means, yerr=err, marker="o", capsize=3, color=colour(recipe), label=recipe)
             ax.set_title(f"{arch}{f' @ {key}={text}' if key else ''}: {stage}", fontsize=9)
             ax.set_xlabel("layer")

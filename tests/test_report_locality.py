@@ -296,3 +296,19 @@ def test_no_axis_two_cells_and_broken_probes(tmp_path):
     assert (out / "locality_influence_listops_0.png").is_file()
     assert not (out / "locality_attention_listops_0.png").exists()
     json.loads((tmp_path / "cnn/spt/0/result.json").read_text())  # the runs are left as written
+
+
+def test_a_cell_without_finetuned_probes_is_left_out_of_the_change_table(tmp_path):
+    def probes_for(arch, recipe, seed):
+        inf = {"mean_distance_offdiag": 3.0 + seed + (recipe == "spt")}
+        return {"settings": {**SETTINGS, "directions": 8 if seed else None},
+                "stages": {"finetuned": {"influence": inf}}} if arch == "cnn" else None
+
+    out, md = plain(tmp_path, probes_for)
+    text = section(md, "### Locality", "\n## ")
+    assert "directions=8 (2 runs) | null (2 runs), n_examples=32," in text
+    change = section(text, "Change in locality")
+    assert "Left out, without finetuned probes for both recipes: s4." in change
+    assert table_row(change, "cnn")[:2] == ["1.00", "[0.00, 2.00]"] and "| s4 |" not in change
+    assert "over the 1 cell: undefined (needs >= 3 cells with spread in both) — with n = 1 cell a" in change
+    assert not (out / "locality_influence_listops_0.png").exists()  # no profiles were recorded
