@@ -253,11 +253,13 @@ def section(task: str, t_ok: pd.DataFrame, cells: dict, out: Path, name: str, n_
                                       out / f"locality_attention_{name}.png"),
                      f"{task}: attention distance per layer by stage (mean over heads; error bars: 95% CI over seeds)"))
     csv = []
-    for (g, s, m, lay), p in sorted(points.items()):
-        a, r = pairs[pairs.group_hash == g][["arch", "recipe"]].iloc[0]
-        lo_hi = stats.ci(p.boot, p.n)
-        for v, text in columns:
-            if stands(g, v):
+    for v, text in columns:
+        for a, r, g in rows_of:
+            if not stands(g, v):
+                continue
+            for (_, s, m, lay), p in sorted(((k, p) for k, p in points.items() if k[0] == g),
+                                            key=lambda kp: (stage_rank(kp[0][1]), kp[0][2], layer_rank(kp[0][3]))):
+                lo_hi = stats.ci(p.boot, p.n)
                 csv.append(dict(zip(CSV_COLUMNS, (task, key, text, a, r, g, s, m, lay, p.mean,
                                                   *(lo_hi or (None, None)), p.n))))
     return blocks, figs, csv
@@ -367,7 +369,8 @@ def influence_figure(task, profiles, rows_of, columns, stands, key, path: Path) 
                 ax.text(0.5, 0.5, "no runs with probes", transform=ax.transAxes, ha="center", color="0.5")
             ax.set_xlim(-clip, clip)
             ax.set_title(f"{arch}" + (f" @ {key}={text}" if key else ""), fontsize=9)
-            ax.set_xlabel("offset k = t − s")
+            if i == len(columns) - 1:  # the x axis is shared: labelled once, under the bottom row
+                ax.set_xlabel("offset k = t − s")
             if j == 0:
                 ax.set_ylabel("share of influence (log)")
             ax.set_yscale("log")  # k = 0 (the residual identity) is orders of magnitude above the tails
@@ -384,7 +387,8 @@ def attention_figure(task, points, rows_of, columns, stands, key, path: Path) ->
     archs = sorted({a for a, _, g in rows_of if g in have})
     grid = [(arch, v, text) for arch in archs for v, text in columns]
     stages = sorted({s for g, s, m, _ in points if m == ATTN_HEADLINE}, key=stage_rank)
-    fig, axes = panels(len(grid), len(stages), 3.6, "row")
+    fig, axes = panels(len(grid), len(stages), 3.6, "row", sharex=True)
+    last = max(int(lay) for g, _, m, lay in points if m == ATTN_HEADLINE and lay.isdigit())
     for i, (arch, v, text) in enumerate(grid):
         mine = [(r, g) for a, r, g in rows_of if a == arch and g in have and stands(g, v)]
         for j, stage in enumerate(stages):
@@ -403,7 +407,9 @@ def attention_figure(task, points, rows_of, columns, stands, key, path: Path) ->
                 x = np.array([int(lay) for lay in layers]) + 0.08 * (figures.recipe_rank(recipe)[0] - 1)
                 ax.errorbar(x, means, yerr=err, marker="o", capsize=3, color=colour(recipe), label=recipe)
             ax.set_title(f"{arch}{f' @ {key}={text}' if key else ''}: {stage}", fontsize=9)
-            ax.set_xlabel("layer")
+            ax.set_xlim(-0.4, last + 0.4)
+            if i == len(grid) - 1:
+                ax.set_xlabel("layer")
             if j == 0:
                 ax.set_ylabel("attention distance (positions)")
             ax.xaxis.get_major_locator().set_params(integer=True)
