@@ -1,6 +1,7 @@
 """python -m reports RUNS_DIR [-o OUT_DIR] [--axis KEY]: report.md, report.html (figures embedded),
 results.csv (one row per run), cells.csv (one row per configuration), curves.csv (validation curves
-over seeds), axis.csv (numbers along a study axis) and the figures as PNG.
+over seeds), axis.csv (numbers along a study axis), locality.csv (locality probes, when runs carry them)
+and the figures as PNG.
 
 A task's study axis (e.g. task.train_fraction) is detected when exactly one setting differs between
 its configurations (reports/axis.py); --axis KEY declares it. A KEY that varies in no task, or names

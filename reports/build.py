@@ -1,7 +1,7 @@
 """Assemble a report from a folder of runs: report.md, report.html (figures embedded), results.csv
 (one row per run), cells.csv (one row per configuration), curves.csv (the validation curves: mean,
-std and n over seeds per step), axis.csv (the numbers along study axes, when a task has one) and the
-figures as PNG."""
+std and n over seeds per step), axis.csv (the numbers along study axes, when a task has one), locality.csv
+(the locality probes per cell, stage and measure, when runs carry them) and the figures as PNG."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports import axis as study
-from reports import figures, stats
+from reports import figures, locality, stats
 from reports.load import BASELINES, flat, load_config, load_curves, load_runs, usable
 from reports.render import Table, interval, pct, signed, to_html, to_markdown
 
@@ -138,7 +138,8 @@ def gain_table(recipes: dict, compute: dict | None = None, test: bool = True, ba
 ACCURACY_COLUMNS = ["arch", "recipe", "config", "n", "seeds", "mean", "std", "95% CI", "val mean", "params",
                     "pretrain steps", "finetune steps", "wall time s", "device", "impl"]
 # Of an earlier report in the same folder.
-OUTPUTS = ("accuracy.png", "gap.png", "curves_*.png", "curves.csv", "axis.csv", "axis_*.png")
+OUTPUTS = ("accuracy.png", "gap.png", "curves_*.png", "curves.csv", "axis.csv", "axis_*.png", "locality.csv",
+           "locality_*.png")
 FLOOR_COLUMNS = {"majority_val_acc": "majority val", "majority_test_acc": "majority test",
                  "order_free_val_acc": "order-free val", "order_free_test_acc": "order-free test",
                  "unigram_val_acc": "unigram masked-token val"}
@@ -452,7 +453,7 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
     if warnings:
         blocks += [("h2", "Warnings"), ("list", warnings)]
 
-    figs, curves, axis_rows = [], [], []
+    figs, curves, axis_rows, locality_rows = [], [], [], []
     if not ok.empty:
         plain = [t for t in tasks if t not in studies]
         closed = []
@@ -501,6 +502,12 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
                 task_b, gaps[task] = task_blocks(task, table[table.task == task], by_task.get(task, {}), several,
                                                  t_ok)
                 blocks += task_b
+            st = studies.get(task)
+            loc = locality.section(task, t_ok, cells, out, f"{figures.safe(task)}_{i}", n_boot, seed,
+                                   st and (st["key"], [(v, show(v)) for v in st["values"]], st["value_of"]))
+            blocks += loc[0]
+            figs += loc[1]
+            locality_rows += loc[2]
             summary = curve_summary(task, t_ok, several)
             if summary is not None:
                 curves.append(summary)
@@ -523,6 +530,8 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
         write_csv(pd.concat(curves)[["task", "label", "step", "mean", "std", "n"]], out / "curves.csv")
     if axis_rows:
         write_csv(pd.DataFrame(axis_rows).astype({"n": "Int64"}), out / "axis.csv")  # n: 3, not 3.0 beside gaps
+    if locality_rows:
+        write_csv(pd.DataFrame(locality_rows, columns=locality.CSV_COLUMNS), out / "locality.csv")
     write_csv(runs, out / "results.csv")
     write_csv(table, out / "cells.csv")
     atomic_text(out / "report.md", to_markdown(blocks))
