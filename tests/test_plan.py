@@ -72,3 +72,21 @@ def test_run_py_dry_run_lists_the_grid_and_trains_nothing(tmp_path):
     assert not (tmp_path / "runs").exists()
     bad = cli(["experiment=lra_listops", "arch=s4", "+arch.n_heads=8", "--dry-run"], tmp_path)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "n_heads" in bad.stderr
+
+
+def test_measure_times_each_distinct_backbone_once(monkeypatch):
+    import bench.throughput
+
+    real, calls = bench.throughput._measure, []
+
+    def counted(arch, length, args):
+        calls.append((arch, length, args["tokens"], tuple(args["set"])))
+        return real(arch, length, {**args, "steps": 1, "warmup": 0})
+
+    monkeypatch.setattr(bench.throughput, "_measure", counted)
+    runs = plan.plan(["arch=cnn", "recipe=supervised", "seed=0,1", "finetune.epochs=1", "finetune.batch_size=8",
+                      "task.max_length=40", "task.n_train=64"], None, "cpu")
+    assert len(runs) == 2 and all(r["gpu_hours"] > 0 for r in runs)
+    assert runs[0]["steps"] == {"finetune": 8}
+    assert len(calls) == 1 and calls[0][:3] == ("cnn", 40, 8 * 40)  # the run's own batch and length
+    assert "kernel_size=7" in calls[0][3]  # the run's arch settings, not conf/arch's alone
