@@ -256,7 +256,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = distributed.setup(pick_device(cfg.device))  # this rank's GPU under torchrun
     how = compute.resolve(cfg.compute, device)
     task = build_task(cfg.task)
-    check_model(cfg, task, recipe.STAGES)  # before the data: seconds, not the minutes preparing it takes
     task.progress = bool(cfg.progress)  # its data preparation's bars (tasks.base.Task.progress)
     cache_dir = Path(cfg.cache_dir)
     for folder, option in ((run_dir, "out_root (or hydra.run.dir)"), (cache_dir, "cache_dir")):
@@ -266,6 +265,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     base = {**head, "device": device.type, "hardware": compute.hardware(device, how), "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:
+        check_model(cfg, task, recipe.STAGES)  # before the data: seconds, not the minutes preparing it takes
         splits, full_train = label_subset(task.splits(cache_dir), cfg.task)
         floors = baselines.cached(splits, task.spec, task.data_key(), cache_dir) if cfg.get("baselines", True) \
             else None
