@@ -8,9 +8,10 @@ Steps, each a subprocess with its share of the time left, whatever happens to th
    code, so this says whether the machine can build it; --no-install skips it);
 3. `parity`: the CUDA parity tests of tests/test_parity.py — mamba-ssm's fused kernels against our
    PyTorch path where mamba-ssm imports, and every backbone's CUDA path against its CPU reference;
-4. `throughput`: `python -m bench.throughput --device cuda --paper` (a few timed steps each);
-5. `listops_spt`: a few hundred steps of the paper-scale ListOps Transformer with SPT (generated data,
-   fewer examples so generating them takes seconds), through run.py.
+4. `listops_spt`: a few hundred steps of the paper-scale ListOps Transformer with SPT (generated data,
+   fewer examples so generating them takes seconds), through run.py;
+5. `throughput`: `python -m bench.throughput --device cuda --paper` (a few timed steps each) in the
+   time left: last, because it is the one whose printed rows still say something when cut short.
 Writes <out>/summary.json and <out>/summary.md: per step its command, status (ok | failed | timeout |
 skipped), seconds, and the numbers it produced (tokens/s table, test accuracy, pretraining loss).
 """
@@ -40,19 +41,19 @@ def steps(out: Path, install: bool) -> list[dict]:
         {"name": "env", "argv": ["sh", "-c", f"nvidia-smi --query-gpu=name,driver_version,memory.total "
                                              f"--format=csv,noheader; {PY} -c \"{ENV_PROBE}\""], "share": 0.1},
         {"name": "mamba_ssm", "argv": [PY, "-c", "import mamba_ssm; print('mamba_ssm', mamba_ssm.__version__)"],
-         "share": 0.1, "install": [PY, "-m", "pip", "install", "--no-build-isolation", "mamba-ssm"] if install
-         else None},
+         "share": 0.1, "install": [PY, "-m", "pip", "install", "--no-build-isolation", "--retries", "1", "--timeout",
+                                   "20", "mamba-ssm"] if install else None},  # fails fast on a machine off the net
         {"name": "parity", "argv": [PY, "-m", "pytest", "-q", "-rs", "tests/test_parity.py", "-k", "cuda"],
          "share": 0.3},
-        {"name": "throughput", "argv": [PY, "-m", "bench.throughput", "--device", "cuda", "--paper", "--steps", "3",
-                                        "--warmup", "1", "--timeout", "60", "--out", str(out / "bench")], "share": 0.5},
         {"name": "listops_spt", "argv": [PY, "run.py", "experiment=lra_listops", "arch=transformer", "recipe=spt",
                                          "task.n_train=2000", "task.n_val=200", "task.n_test=200",
                                          f"pretrain.max_steps={SPT_STEPS}", f"finetune.max_steps={SPT_STEPS}",
                                          "pretrain.warmup_steps=20", "finetune.warmup_steps=20",
                                          f"pretrain.eval_every={SPT_STEPS}", f"finetune.eval_every={SPT_STEPS}",
                                          "progress=false", "baselines=false", f"out_root={out / 'runs'}",
-                                         f"hydra.run.dir={run_dir}"], "share": 1.0, "result": run_dir / "result.json"},
+                                         f"hydra.run.dir={run_dir}"], "share": 0.5, "result": run_dir / "result.json"},
+        {"name": "throughput", "argv": [PY, "-m", "bench.throughput", "--device", "cuda", "--paper", "--steps", "3",
+                                        "--warmup", "1", "--timeout", "60", "--out", str(out / "bench")], "share": 1.0},
     ]
 
 

@@ -33,7 +33,7 @@ class Fake:
 
 def test_the_steps_are_the_issue_s_checks_in_order(tmp_path):
     steps = gpu_check.steps(tmp_path, install=True)
-    assert [s["name"] for s in steps] == ["env", "mamba_ssm", "parity", "throughput", "listops_spt"]
+    assert [s["name"] for s in steps] == ["env", "mamba_ssm", "parity", "listops_spt", "throughput"]
     argv = {s["name"]: " ".join(map(str, s["argv"])) for s in steps}
     assert "tests/test_parity.py -k cuda" in argv["parity"]
     assert "bench.throughput --device cuda --paper" in argv["throughput"]
