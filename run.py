@@ -141,6 +141,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    if "--dry-run" in sys.argv:  # list the runs, their size, steps and GPU hours; train nothing (bench/plan.py)
+        from bench import plan
+
+        sys.exit(plan.main([a for a in sys.argv[1:] if a not in ("--dry-run", "-m", "--multirun")]))
     problem = check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:]) or check_output_folder(sys.argv[1:])
     if problem:
         print(f"error: {problem}", file=sys.stderr)

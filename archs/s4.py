@@ -20,6 +20,11 @@ The Cauchy sums are the cost, O(H · N · M) per step whatever the batch. `impl`
   each reciprocal in registers (the authors use a CUDA or KeOps kernel for the same reason);
 - `torch`: plain PyTorch, any device; holds H × N/2 × M/2 complex numbers per layer;
 - `auto`: `cpp` for CPU tensors when it builds, else `torch`.
+
+`n_ssm` (state-spaces/s4's option of the same name): how many distinct (Λ, P, B) the H channels
+share, each used by H / n_ssm consecutive channels; null = one per channel. The S4 LRA configs use 1
+for ListOps, Text, Retrieval and Image, which at d_state 64 and d_model 512 is 16% fewer parameters.
+Step sizes and C stay per channel.
 """
 
 from __future__ import annotations
@@ -86,29 +91,36 @@ class S4Kernel(nn.Module):
     """length L (<= max_len) -> kernels (c, H, L), computed at max_len and cut."""
 
     def __init__(self, d_model: int, channels: int, d_state: int, max_len: int, dt_min: float, dt_max: float,
-                 ssm_lr: float | None, impl: str = "torch", used: set | None = None):
+                 ssm_lr: float | None, impl: str = "torch", used: set | None = None, n_ssm: int | None = None):
         super().__init__()
         lam, p, b = hippo_legs_nplr(d_state)
         self.max_len, self.impl = max_len, impl
         self.used = set() if used is None else used  # implementations that ran (shared with the S4 stack)
-        rep = (d_model, 1)
+        n_ssm = d_model if n_ssm is None else n_ssm
+        self.share = d_model // n_ssm  # channels per (Λ, P, B)
+        rep = (n_ssm, 1)
         self.log_dt = ssm_param(log_dt_init(d_model, dt_min, dt_max), ssm_lr)  # (H)
-        self.log_A_real = ssm_param(torch.log(-lam.real).float().repeat(*rep), ssm_lr)  # (H, N/2), Re Λ < 0
-        self.A_imag = ssm_param(lam.imag.float().repeat(*rep), ssm_lr)  # (H, N/2)
-        self.P = ssm_param(torch.view_as_real(p.to(torch.complex64)).repeat(*rep, 1), ssm_lr)  # (H, N/2, 2)
-        self.B = ssm_param(torch.view_as_real(b.to(torch.complex64)).repeat(*rep, 1), ssm_lr)  # (H, N/2, 2)
+        self.log_A_real = ssm_param(torch.log(-lam.real).float().repeat(*rep), ssm_lr)  # (S, N/2), Re Λ < 0
+        self.A_imag = ssm_param(lam.imag.float().repeat(*rep), ssm_lr)  # (S, N/2), S = n_ssm
+        self.P = ssm_param(torch.view_as_real(p.to(torch.complex64)).repeat(*rep, 1), ssm_lr)  # (S, N/2, 2)
+        self.B = ssm_param(torch.view_as_real(b.to(torch.complex64)).repeat(*rep, 1), ssm_lr)  # (S, N/2, 2)
         # C̃ ~ N(0, 1/2) per real and imaginary part, one per direction.
         c = torch.randn(channels, d_model, d_state // 2, dtype=torch.complex64)
         self.C = nn.Parameter(torch.view_as_real(c))  # (c, H, N/2, 2)
 
+    def per_channel(self, x: Tensor) -> Tensor:
+        """(S, ...) -> (H, ...): each of the n_ssm rows serves `share` consecutive channels."""
+        return x if self.share == 1 else x.repeat_interleave(self.share, dim=0)
+
     def lam(self) -> Tensor:
-        return torch.complex(-self.log_A_real.exp(), self.A_imag)
+        return self.per_channel(torch.complex(-self.log_A_real.exp(), self.A_imag))  # (H, N/2)
 
     def forward(self, length: int) -> Tensor:
         check_length(length, self.max_len)
         m = self.max_len
         dt = self.log_dt.exp()[:, None]  # (H, 1)
-        lam, p, b = self.lam(), torch.view_as_complex(self.P), torch.view_as_complex(self.B)
+        lam = self.lam()
+        p, b = (self.per_channel(torch.view_as_complex(t)) for t in (self.P, self.B))  # (H, N/2) each
         c = torch.view_as_complex(self.C)  # (c, H, N/2)
         k = torch.arange(m // 2 + 1, device=dt.device, dtype=torch.float64)
         omega = torch.exp(-2j * math.pi * k / m).to(lam.dtype)  # (M/2+1): rfft frequencies suffice, K is real
@@ -140,9 +152,14 @@ class S4(SSMStack):
 
     def __init__(self, d_model: int, n_layers: int, dropout: float = 0.0, *, max_len: int, d_state: int = 64,
                  bidirectional: bool = True, dt_min: float = 0.001, dt_max: float = 0.1,
-                 ssm_lr: float | None = 0.001, impl: str = "auto"):
+                 ssm_lr: float | None = 0.001, impl: str = "auto", n_ssm: int | None = None):
         if impl not in IMPLS:
             raise ValueError(f"impl={impl!r} is not one of {', '.join(IMPLS)}")
+        if n_ssm is not None and (isinstance(n_ssm, bool) or not isinstance(n_ssm, int) or n_ssm <= 0
+                                  or d_model % n_ssm):
+            raise ValueError(f"n_ssm={n_ssm!r} must be a positive divisor of d_model={d_model}, "
+                             "or null (one per channel)")
+        self.n_ssm = n_ssm
         if impl == "cpp" and (reason := cpu_kernels.unavailable_reason(KERNEL)):
             raise ValueError(f"impl=cpp: {reason}; or use impl=torch")
         self.impl_requested, self.used = impl, set()  # read by make_kernel, during super().__init__
@@ -160,4 +177,4 @@ class S4(SSMStack):
 
     def make_kernel(self, d_model: int, channels: int) -> nn.Module:
         return S4Kernel(d_model, channels, self.d_state, self.max_len, self.dt_min, self.dt_max, self.ssm_lr,
-                        self.impl_requested, self.used)
+                        self.impl_requested, self.used, self.n_ssm)

@@ -24,10 +24,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from archs.base import is_causal
 from recipes import baselines, checkpoint, compute, distributed, guard, probes
 from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
-from recipes.model import n_params
+from recipes.model import build_body, build_classifier, n_params, pooling_for
 from recipes.plugins import locate
+from recipes.spt import objective_for, pixel_loss_for
 from tasks.base import DataError, Task, label_fraction
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,19 @@ def build_task(task_cfg: DictConfig) -> Task:
         if isinstance(root, (ValueError, TypeError)):
             raise ConfigError(f"task '{name}' ({params.get('_target_')}): {root}") from exc
         raise
+
+
+def check_model(cfg: DictConfig, task: Task, stages: tuple[str, ...]) -> int:
+    """Build the run's classifier and check its pretraining choices before any data is prepared or
+    generated, so that a bad (task, arch) combination fails in seconds; -> the classifier's parameter
+    count. Thrown away: each recipe builds its own after seeding, so the run's numbers do not change."""
+    body = build_body(cfg, task)
+    causal = is_causal(body.backbone)
+    model = build_classifier(body, cfg.arch.d_model, task.spec, pooling_for(cfg.model, causal))
+    if "pretrain" in stages:
+        objective_for(cfg.pretrain.objective, causal)
+        pixel_loss_for(cfg.pretrain.get("pixel_loss"), task.spec)
+    return n_params(model)
 
 
 def label_subset(splits: dict, task_cfg: DictConfig):
@@ -254,6 +269,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     base = {**head, "device": device.type, "hardware": compute.hardware(device, how), "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:
+        check_model(cfg, task, recipe.STAGES)  # before the data: seconds, not the minutes preparing it takes
         splits, full_train = label_subset(task.splits(cache_dir), cfg.task)
         floors = baselines.cached(splits, task.spec, task.data_key(), cache_dir) if cfg.get("baselines", True) \
             else None
