@@ -81,13 +81,15 @@ def attention_modules(backbone: nn.Module) -> list[nn.Module]:
 
 def attention_stats(weights: Tensor, length: int, window: int) -> tuple[Tensor, Tensor, Tensor]:
     """weights (H, L, L) of one document's real positions -> per-head sums over its queries of
-    distance, entropy and local share, each (H,)."""
-    pos = torch.arange(length, device=weights.device, dtype=weights.dtype)
+    distance, entropy and local share, each (H,). A head at a time in float64: at 16K positions one
+    (L, L) is 2 GB."""
+    pos = torch.arange(length, device=weights.device, dtype=torch.float64)
     dist = (pos[:, None] - pos[None, :]).abs()  # (L, L)
-    w = weights.double()
-    distance = (w * dist).sum(-1).sum(-1)
-    entropy = -(w * w.clamp_min(1e-30).log()).sum(-1).sum(-1)
-    local = (w * (dist <= window)).sum(-1).sum(-1)
+    out = []
+    for w in weights:
+        w = w.double()
+        out.append(torch.stack([(w * dist).sum(), -(w * w.clamp_min(1e-30).log()).sum(), (w * (dist <= window)).sum()]))
+    distance, entropy, local = torch.stack(out).T
     return distance, entropy, local
 
 
@@ -97,22 +99,34 @@ def attention_probe(body: nn.Module, docs, pad_id: int, window: int, device) -> 
     layers = attention_modules(body.backbone)
     if not layers:
         return None
-    sums, n_queries = None, 0
+    sums: list[Tensor | None] = [None] * len(layers)  # per layer: (3, H) sums over queries
+    current = {"length": 0}
+    n_queries = 0
+
+    def summarise(i: int):
+        # Right after each layer's forward, so that one (H, L, L) is held at a time, not one per layer.
+        def hook(module, args, output):
+            n = current["length"]
+            found = torch.stack(attention_stats(module.weights[0, :, :n, :n], n, window)).cpu()
+            sums[i] = found if sums[i] is None else sums[i] + found
+            module.weights = None
+        return hook
+
+    handles = [m.register_forward_hook(summarise(i)) for i, m in enumerate(layers)]
     try:
         for m in layers:
             m.keep_weights = True
-        for i in range(len(docs)):  # one document at a time: (H, L, L) per layer stays small
+        for i in range(len(docs)):  # one document at a time: (H, L, L) stays small
             ids, mask, _ = docs.batch([i], pad_id)
+            current["length"] = int(mask.sum())
             body.backbone(body.encoder(ids.to(device)), mask.to(device))
-            length = int(mask.sum())
-            stats = [torch.stack(attention_stats(m.weights[0, :, :length, :length], length, window)) for m in layers]
-            stats = torch.stack(stats).cpu()  # (layers, 3, H)
-            sums = stats if sums is None else sums + stats
-            n_queries += length
+            n_queries += current["length"]
     finally:
+        for h in handles:
+            h.remove()
         for m in layers:
             m.keep_weights, m.weights = False, None
-    mean = (sums / n_queries).tolist()
+    mean = [(layer / n_queries).tolist() for layer in sums]
     return {"distance": [layer[0] for layer in mean], "entropy": [layer[1] for layer in mean],
             "local_share": [layer[2] for layer in mean], "window": window, "n_queries": n_queries}
 

@@ -229,3 +229,18 @@ def test_a_complete_run_without_probes_gets_the_same_probes_from_its_checkpoints
         assert again["probes"]["stages"] == first["probes"]["stages"]
         assert checkpoint.read_json(path)["probes"]["stages"] == first["probes"]["stages"]
         assert again["metrics"] == first["metrics"]
+
+
+def test_the_hook_under_block_attention_keeps_the_blocks_pattern():
+    torch.manual_seed(0)
+    attn = Attention(16, 2, 0.0, False, None, block_size=3).eval()
+    x = torch.randn(2, 10, 16)
+    mask = torch.tensor([[True] * 10, [True] * 7 + [False] * 3])
+    allowed = mask[:, None, None, :]
+    blocked = attn(x, allowed)
+    attn.keep_weights = True
+    kept = attn(x, allowed)
+    assert torch.allclose(blocked, kept, atol=1e-5)
+    pos = torch.arange(10) // 3
+    far = (pos[:, None] - pos[None, :]).abs() > 1
+    assert (attn.weights[:, :, far] == 0).all() and (attn.weights[1, :, :, 7:] == 0).all()
