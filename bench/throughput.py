@@ -7,10 +7,12 @@ linear-time model). Printed and saved (CSV + markdown) per (arch, L):
 - tokens/s of training steps (the median of --steps timed steps, after --warmup);
 - peak memory: on CUDA the allocator's peak; on CPU the process's peak RSS above what it held
   before the first step (weights, optimizer state and activations of one step);
-- counted FLOP/s (matmuls, convolutions, attention; FFTs, scans and what the compiled CPU kernels
-  compute are not counted, so Mamba `cpp` counts less than `torch`: its kernel forms dt_proj) and its share
-  of the device's peak: on CPU the measured dense float32 matmul FLOP/s; on CUDA the GPU's dense bf16
-  tensor-core peak from its data sheet (PEAK_BF16, or --peak-tflops), else a measured bf16 matmul;
+- model FLOPs per token of a training step (bench/flops.py: torch's flop counter, plus formulas for
+  what it misses on CPU — attention, FFTs — and closed forms for Mamba's scan and convolution, which no
+  dispatched op shows; the same count for every Mamba impl), the achieved FLOP/s and the efficiency:
+  their share of the device's peak, on CPU the dense float32 matmul FLOP/s measured at the start of the
+  run; on CUDA the GPU's dense bf16 tensor-core peak from its data sheet (PEAK_BF16, or --peak-tflops),
+  else a measured bf16 matmul;
 - the fitted exponent of time per sequence in L between the two longest lengths (1 = linear).
 
 On a GPU: `python -m bench.throughput --device cuda --paper` runs every backbone at the paper-scale
@@ -89,9 +91,9 @@ def _measure(arch: str, length: int, args: dict) -> dict:
     """`arch` is a conf/arch name; `args["set"]` its overrides (e.g. impl=torch)."""
     import torch
     from omegaconf import OmegaConf
-    from torch.utils.flop_counter import FlopCounterMode
 
     sys.path.insert(0, str(ROOT))
+    from bench import flops
     from recipes.model import build_backbone, n_params
 
     device = args["device"]
@@ -117,9 +119,9 @@ def _measure(arch: str, length: int, args: dict) -> dict:
     base = rss_bytes()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    with FlopCounterMode(display=False) as counter:  # also the warm-up step (optimizer state is created)
+    with flops.counter() as counter:  # also the warm-up step (optimizer state is created)
         step()
-    flops_per_step = counter.get_total_flops()
+    flops_per_step = counter.get_total_flops() + flops.uncounted_flops(model, batch, length)
     for _ in range(args["warmup"]):
         step()
     # The median step: on a shared or virtual machine a few steps come out much slower than the rest
@@ -141,7 +143,7 @@ def _measure(arch: str, length: int, args: dict) -> dict:
     return {"arch": arch, "L": length, "batch": batch, "params": n_params(model),
             "impl": str(getattr(model, "impl", "torch")),
             "step_s": seconds, "tokens_per_s": batch * length / seconds, "peak_mem_mb": peak / 2**20,
-            "counted_flops_per_s": flops_per_step / seconds}
+            "flops_per_token": flops_per_step / (batch * length), "flops_per_s": flops_per_step / seconds}
 
 
 def exponent(rows: list[dict], arch: str, short: int, long: int) -> float | None:
@@ -240,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label:12s} L={length:6d}  {row['error']}", flush=True)
             else:
                 print(f"{label:12s} L={length:6d}  batch {row['batch']:4d}  {row['tokens_per_s']:10.0f} tok/s  "
-                      f"{row['peak_mem_mb']:8.0f} MB  {row['counted_flops_per_s'] / peak_flops:6.1%} of peak "
+                      f"{row['peak_mem_mb']:8.0f} MB  {row['flops_per_token'] / 1e6:8.2f} MFLOP/token  "
+                      f"{row['flops_per_s'] / 1e9:6.2f} GFLOP/s  {row['flops_per_s'] / peak_flops:6.1%} of peak "
                       f"({row['impl']})", flush=True)
     table = render(rows, [label for label, _, _ in todo], args.lengths, peak_flops)
     print(table)
@@ -258,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def render(rows: list[dict], archs: list[str], lengths: list[int], peak_flops: float) -> str:
-    head = "| arch | params | " + " | ".join(f"L={n} tok/s | L={n} MB | L={n} FLOP share" for n in lengths)
+    head = "| arch | params | " + " | ".join(f"L={n} tok/s | L={n} MB | L={n} MFLOP/token | L={n} efficiency"
+                                             for n in lengths)
     head += f" | exponent {lengths[-2]}→{lengths[-1]} |" if len(lengths) > 1 else " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for arch in archs:
@@ -266,11 +270,11 @@ def render(rows: list[dict], archs: list[str], lengths: list[int], peak_flops: f
         for n in lengths:
             r = next(r for r in rows if r["arch"] == arch and r["L"] == n)
             if "error" in r:
-                cells += ["—", "—", r["error"][:40]]
+                cells += ["—", "—", "—", r["error"][:40]]
             else:
                 params = f"{r['params']:,}"
-                cells += [f"{r['tokens_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}",
-                          f"{r['counted_flops_per_s'] / peak_flops:.1%}"]
+                cells += [f"{r['tokens_per_s']:,.0f}", f"{r['peak_mem_mb']:,.0f}", f"{r['flops_per_token'] / 1e6:.2f}",
+                          f"{r['flops_per_s'] / peak_flops:.1%}"]
         line = f"| {arch} | {params} | " + " | ".join(cells)
         if len(lengths) > 1:
             p = exponent(rows, arch, lengths[-2], lengths[-1])
