@@ -24,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from recipes import baselines, checkpoint, compute, distributed, guard, track
+from recipes import baselines, checkpoint, compute, distributed, export, guard, track
 from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
 from recipes.model import n_params
 from recipes.plugins import locate
@@ -206,9 +206,17 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
 
 def hashed_config(plain: dict, stages: tuple[str, ...]) -> dict:
     """What defines a run (its config_hash, and with the seeds left out its group_hash): the resolved
-    config without NOT_HASHED keys and without the stages its recipe does not run."""
+    config without NOT_HASHED keys and without the stages its recipe does not run. finetune.init_from is
+    left out while null (the hashes of runs from before it existed stay), and when set stands as where the
+    weights come from: their sha256 and their pretraining key (recipes/export.py), not the path."""
     unused = {"finetune", "pretrain"} - set(stages)
-    return {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
+    hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
+    if "finetune" in hashed and "init_from" in hashed["finetune"]:
+        hashed["finetune"] = dict(hashed["finetune"])
+        path = hashed["finetune"].pop("init_from")
+        if path is not None:
+            hashed["finetune"]["init_from"] = export.source(path, plain["arch"], plain["recipe"]["name"])
+    return hashed
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
