@@ -255,6 +255,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = distributed.setup(pick_device(cfg.device))  # this rank's GPU under torchrun
     how = compute.resolve(cfg.compute, device)
     task = build_task(cfg.task)
+    if hashed.get("finetune", {}).get("init_from"):  # a body for another vocabulary: refused before the data
+        export.check_vocab(export.read(cfg.finetune.init_from)[0], cfg.finetune.init_from, task.spec)
     task.progress = bool(cfg.progress)  # its data preparation's bars (tasks.base.Task.progress)
     cache_dir = Path(cfg.cache_dir)
     for folder, option in ((run_dir, "out_root (or hydra.run.dir)"), (cache_dir, "cache_dir")):

@@ -119,13 +119,18 @@ def source(path, arch: dict, recipe: str) -> dict:
     return {"weights_sha256": config["weights_sha256"], "pretrain_key": config["pretrain_key"]}
 
 
+def check_vocab(config: dict, path, spec) -> None:
+    """ConfigError when the body's vocabulary size is not the task's (`spec`, tasks.base.TaskSpec)."""
+    if config["vocab_size"] != spec.vocab_size:
+        raise ConfigError(f"finetune.init_from={path} has a vocabulary of {config['vocab_size']} ids, task "
+                          f"'{spec.name}' has {spec.vocab_size}: fine-tune it on the task it was pretrained on")
+
+
 def load_body(body, path, expected: dict, spec) -> dict:
     """Load the exported weights at `path` into `body` (recipes.model.Body). expected: source()'s record,
     checked again (the file may have changed since). -> what result.json records under init_from."""
     config, weights = read(path)
-    if config["vocab_size"] != spec.vocab_size:
-        raise ConfigError(f"finetune.init_from={path} has a vocabulary of {config['vocab_size']} ids, task "
-                          f"'{spec.name}' has {spec.vocab_size}: fine-tune it on the task it was pretrained on")
+    check_vocab(config, path, spec)
     tensors = safetensors_torch().load(weights)
     if tensors_digest(tensors) != expected["weights_sha256"]:
         raise CheckpointError(f"finetune.init_from={path} changed while the run started: run again")

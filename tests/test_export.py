@@ -72,6 +72,7 @@ def test_mismatched_or_damaged_bodies_are_one_line(spt_run, tmp_path):
                   "task.length=32", "task.near=2", "task.far=6", "arch.d_model=32", "arch.n_layers=1", "arch.n_heads=2",
                   *QUICK, "progress=false"]
     assert "vocabulary of" in refused(base=other_task)
+    assert not list((tmp_path / "_cache" / "data").glob("proximity-*"))  # refused before preparing its data
     weights = bytearray((body / export.WEIGHTS).read_bytes())
     weights[-1] ^= 1
     (body / export.WEIGHTS).write_bytes(bytes(weights))
