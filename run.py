@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 CONF = Path(__file__).resolve().parent / "conf"
-GROUPS = ("arch", "task", "recipe", "experiment")
+GROUPS = ("arch", "task", "recipe", "experiment", "logger")
 log = logging.getLogger("sptbench")
 FAILED: list[str] = []  # jobs of a multirun that did not succeed; the sweep goes on, then exits 1
 # A launcher such as submitit runs each job in another process, or on another machine, where FAILED is

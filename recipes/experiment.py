@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from archs.base import is_causal
-from recipes import baselines, checkpoint, compute, distributed, guard, probes
+from recipes import baselines, checkpoint, compute, distributed, export, guard, probes, track
 from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
 from recipes.model import build_body, build_classifier, n_params, pooling_for
 from recipes.plugins import locate
@@ -35,7 +35,7 @@ from tasks.base import DataError, Task, label_fraction
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
-NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes")
+NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes", "logger")
 
 
 @dataclass
@@ -219,6 +219,21 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             raise ConfigError(f"{stage}.betas={hp.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.98]")
 
 
+def hashed_config(plain: dict, stages: tuple[str, ...]) -> dict:
+    """What defines a run (its config_hash, and with the seeds left out its group_hash): the resolved
+    config without NOT_HASHED keys and without the stages its recipe does not run. finetune.init_from is
+    left out while null (the hashes of runs from before it existed stay), and when set stands as where the
+    weights come from: their sha256 and their pretraining key (recipes/export.py), not the path."""
+    unused = {"finetune", "pretrain"} - set(stages)
+    hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
+    if "finetune" in hashed and "init_from" in hashed["finetune"]:
+        hashed["finetune"] = dict(hashed["finetune"])
+        path = hashed["finetune"].pop("init_from")
+        if path is not None:
+            hashed["finetune"]["init_from"] = export.source(path, plain["arch"], plain["recipe"]["name"])
+    return hashed
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one configuration in `run_dir`; return the result dict that was written."""
     run_dir = Path(run_dir)
@@ -228,8 +243,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     check_values(cfg, recipe.STAGES)
     if "_target_" in cfg.arch:  # a plugin off the path fails now, not after the data is prepared
         locate(cfg.arch._target_, f"arch '{cfg.arch.name}'")
-    unused = {"finetune", "pretrain"} - set(recipe.STAGES)
-    hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
+    hashed = hashed_config(plain, recipe.STAGES)
     config_hash = digest(hashed)
     seedless = json.loads(json.dumps(hashed))
     seedless.pop("seed")
@@ -260,12 +274,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     device = distributed.setup(pick_device(cfg.device))  # this rank's GPU under torchrun
     how = compute.resolve(cfg.compute, device)
     task = build_task(cfg.task)
+    if hashed.get("finetune", {}).get("init_from"):  # a body for another vocabulary: refused before the data
+        export.check_vocab(export.read(cfg.finetune.init_from)[0], cfg.finetune.init_from, task.spec)
     task.progress = bool(cfg.progress)  # its data preparation's bars (tasks.base.Task.progress)
     cache_dir = Path(cfg.cache_dir)
     for folder, option in ((run_dir, "out_root (or hydra.run.dir)"), (cache_dir, "cache_dir")):
         problem = unwritable(folder)
         if problem:
             raise ConfigError(f"cannot write to {folder} ({problem}): set {option} to a writable folder")
+    track.start(cfg.get("logger"), run_dir, Path(cfg.out_root), head, plain)  # logger=...: before the data, too
     base = {**head, "device": device.type, "hardware": compute.hardware(device, how), "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:
@@ -279,19 +296,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         out = recipe.run(ctx)
         if floors is not None:
             out["baselines"] = floors
-    except (ConfigError, DataError, checkpoint.CheckpointError):
+    except (ConfigError, DataError, checkpoint.CheckpointError, KeyboardInterrupt):  # also guard.Preempted
+        track.finish(None)
         raise
     except TrainingDiverged as exc:
-        write_failed(result_path, base, str(exc), started, diverged=exc.details)
+        track.finish(write_failed(result_path, base, str(exc), started, diverged=exc.details))
         raise
     except Exception as exc:
-        write_failed(result_path, base, f"{type(exc).__name__}: {exc}", started)
+        track.finish(write_failed(result_path, base, f"{type(exc).__name__}: {exc}", started))
         raise
     out["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
     result = {**base, "status": "ok", "reason": None, **out,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if distributed.is_main():  # under torchrun, one process writes
         checkpoint.write_json(result_path, result)
+    track.finish(result)
     log.info("result: %s test_acc %.4f val_acc %.4f -> %s", cfg.recipe.name, result["metrics"]["test_acc"],
              result["metrics"]["val_acc"], result_path)
     return result
@@ -315,10 +334,12 @@ def add_probes(cfg: DictConfig, run_dir: Path, result: dict, identity: dict) -> 
     return result
 
 
-def write_failed(path: Path, base: dict, reason: str, started: float, **extra) -> None:
+def write_failed(path: Path, base: dict, reason: str, started: float, **extra) -> dict:
+    """Write (on rank 0) and return a failed run's result."""
     log.error("run failed: %s", reason)
-    if not distributed.is_main():
-        return
-    checkpoint.write_json(path, {**base, "status": "failed", "reason": reason, **extra,
-                                 "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
-                                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    failed = {**base, "status": "failed", "reason": reason, **extra,
+              "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
+              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if distributed.is_main():
+        checkpoint.write_json(path, failed)
+    return failed

@@ -280,6 +280,11 @@ def backfill(cfg: DictConfig, task, splits: dict, run_dir: Path, result: dict, i
             load_body(body, folder / "best.pt", {"pretrain": pre["key"]})
             rec.take("pretrained", body)
             rec.store(folder / "probes.json", ("init", "pretrained"))
+    elif result.get("init_from"):  # fine-tuned from a shared body (recipes/export.py): that body
+        from recipes import export
+
+        export.load_body(body, cfg.finetune.init_from, identity["config"]["finetune"]["init_from"], task.spec)
+        rec.take("pretrained", body)
     else:
         rec.take("init", body)
     load_body(body, run_dir / "checkpoints" / "best.pt", identity)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from archs.base import is_causal
+from recipes import export
 from recipes.model import Body, build_body, build_classifier, n_params, pooling_for
 from recipes.probes import Recorder
 from recipes.train import Stage, evaluate, fit
@@ -50,9 +51,12 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
 def run(ctx) -> dict:
     torch.manual_seed(ctx.seed)
     body = build_body(ctx.cfg, ctx.task)
+    source = ctx.identity["config"]["finetune"].get("init_from")  # experiment.hashed_config checked it
+    if source:  # a shared pretrained body instead of a random one
+        source = export.load_body(body, ctx.cfg.finetune.init_from, source, ctx.task.spec)
     ctx.announce(body)
     probes = Recorder(ctx)
-    probes.take("init", body)
+    probes.take("pretrained" if source else "init", body)  # a shared body is a pretrained one
     result = finetune(ctx, body)
     probes.take("finetuned", body)  # the best-on-validation weights, the ones tested
-    return probes.add_to(result)
+    return probes.add_to({**result, "init_from": source} if source else result)

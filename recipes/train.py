@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from recipes import checkpoint, distributed, guard
+from recipes import checkpoint, distributed, guard, track
 from recipes.compute import PLAIN, Compute, batches
 from recipes.errors import CheckpointError, ConfigError, TrainingDiverged
 from tasks.base import TokenSplit
@@ -346,3 +346,4 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
 def write_log(path: Path, rows: list[dict]) -> None:
     """The whole metrics log, rewritten atomically: after a resume it never holds duplicate rows."""
     checkpoint.atomic_write(Path(path), lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    track.rows(rows)  # logger=...: the rows it has not seen yet

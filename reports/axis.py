@@ -26,7 +26,7 @@ from reports.load import flat, load_config
 # Settings that never tell configurations apart: seeds (spread, not settings) and the keys the
 # training side leaves out of config_hash (recipes/experiment.py NOT_HASHED).
 IGNORED = {"seed", "pretrain.seed", "out_root", "cache_dir", "progress", "device", "baselines"}
-IGNORED_PREFIXES = ("arch.", "recipe.", "compute.")
+IGNORED_PREFIXES = ("arch.", "recipe.", "compute.", "logger.")
 UNSET = "<unset>"
 EVERYWHERE = object()  # value_of for a cell that stands at every axis value
 

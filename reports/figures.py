@@ -76,6 +76,7 @@ def legend_outside(fig, axes) -> None:
         fig.legend(found.values(), found.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
 
 
+STYLES = ["-", "--", "-.", ":"]  # line styles, for the second (third...) series of one colour
 REFERENCE_STYLE = {"order-free baseline (test)": "--", "majority class (test)": ":"}
 
 
@@ -139,23 +140,58 @@ def curve_stats(curves: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"mean": by.mean(), "std": by.std(ddof=1), "n": by.size()}).reset_index()
 
 
-def curves(task: str, stats: pd.DataFrame, path: Path) -> Path:
-    """Validation accuracy vs fine-tuning step from curve_stats, one line per configuration: the mean
-    over seeds at each step, and a band of ± 1 std where >= 2 seeds reached that step."""
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for label, g in stats.groupby("label", sort=True):
-        line, = ax.plot(g.step, g["mean"] * 100, label=str(label), marker="." if len(g) < 30 else None)
-        band = g[g.n >= 2]
-        if len(band):
-            ax.fill_between(band.step, (band["mean"] - band["std"]) * 100, (band["mean"] + band["std"]) * 100,
-                            color=line.get_color(), alpha=0.2)
-    ax.set_xlabel("fine-tuning step")
-    ax.set_ylabel("validation accuracy (%)")
-    ax.set_title(f"{task}: validation accuracy (mean over seeds ± 1 std)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+def split_label(label: str) -> tuple[str, str]:
+    """A curve label `arch/recipe`, with ` [hash]` after it when the pair has several configurations
+    (build.curve_summary) -> (arch, the rest). A label of another shape is its own arch."""
+    arch, sep, rest = str(label).partition("/")
+    return (arch, rest) if sep else (str(label), "")
+
+
+def curves_figure(task: str, stats: pd.DataFrame):
+    """Validation accuracy vs fine-tuning step from curve_stats: one panel per arch (a shared y axis), one
+    line per configuration with the mean over seeds at each step, and a band of ± 1 std where >= 2 seeds
+    reached that step. A recipe has one colour in every panel, a second configuration of one recipe
+    another line style; one legend, right of the panels. -> the matplotlib Figure."""
+    parts = {label: split_label(label) for label in stats.label.unique()}
+    archs = sorted({a for a, _ in parts.values()})
+    recipes = recipe_order(r.split(" [")[0] for _, r in parts.values())
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    cols = 2 if len(archs) == 4 else min(len(archs), 3)
+    rows = -(-len(archs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(archs):]:
+        ax.set_visible(False)
+    for ax, arch in zip(axes.flat, archs):
+        mine = stats[stats.label.map(lambda x: parts[x][0]) == arch]
+        groups = dict(list(mine.groupby("label", sort=True)))
+        for label in sorted(groups, key=lambda x: (recipes.index(parts[x][1].split(" [")[0]), parts[x][1])):
+            g, rest = groups[label], parts[label][1]
+            recipe = rest.split(" [")[0]
+            # This panel's configurations of the recipe (labels with a hash), one line style each.
+            same = sorted(r for a, r in parts.values() if a == arch and r.split(" [")[0] == recipe)
+            colour = colours[recipes.index(recipe) % len(colours)]
+            # The legend is shared by the panels: a recipe's name stands for its line in each panel; a
+            # configuration told apart by hash is one arch's, so its entry names the arch.
+            ax.plot(g.step, g["mean"] * 100, color=colour, ls=STYLES[same.index(rest) % len(STYLES)],
+                    label=str(label) if rest != recipe or not rest else recipe, marker="." if len(g) < 30 else None)
+            band = g[g.n >= 2]
+            if len(band):
+                ax.fill_between(band.step, (band["mean"] - band["std"]) * 100, (band["mean"] + band["std"]) * 100,
+                                color=colour, alpha=0.2)
+        ax.set_title(arch)
+        ax.set_xlabel("fine-tuning step")
+        ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("validation accuracy (%)")
+    fig.suptitle(f"{task}: validation accuracy (mean over seeds ± 1 std)")
     fig.tight_layout()
-    return save(fig, path)
+    legend_outside(fig, axes.flat)
+    return fig
+
+
+def curves(task: str, stats: pd.DataFrame, path: Path) -> Path:
+    """curves_figure, written to `path`."""
+    return save(curves_figure(task, stats), path)
 
 
 def axis_x(ax, key: str, values: list) -> np.ndarray:
@@ -188,8 +224,6 @@ def line_with_band(ax, x, found: list, label: str, **style) -> None:
         ax.fill_between(x[band], [100 * found[i][1][0] for i in band], [100 * found[i][1][1] for i in band],
                         color=line.get_color(), alpha=0.15)
 
-
-STYLES = ["-", "--", "-.", ":"]
 
 
 def axis_accuracy(task: str, key: str, values: list, along: list, order_free: list, path: Path) -> Path:

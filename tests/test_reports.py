@@ -340,3 +340,38 @@ def test_runs_from_different_hardware_are_labelled_and_flagged(tmp_path):
     assert "| cuda NVIDIA H100 80GB HBM3 x1 fp32, cuda NVIDIA H100 80GB HBM3 x4 bf16 |" in md
     assert ("listops / transformer ran on several devices (cuda NVIDIA H100 80GB HBM3 x1 fp32: 1 run(s), "
             "cuda NVIDIA H100 80GB HBM3 x4 bf16: 1 run(s))") in md
+
+
+def test_curves_figure_has_a_panel_per_arch_a_colour_per_recipe_and_a_legend_off_the_data():
+    """Eight configurations (4 archs x 2 recipes) in one task: one panel per arch, each with its 2 lines;
+    a recipe keeps its colour in every panel; the one legend overlaps no panel."""
+    from reports import figures
+
+    archs, recipes = ["cnn", "mamba", "s4", "transformer"], ["spt", "supervised"]
+    rows = [{"label": f"{a}/{r}", "step": s, "mean": 0.3 + 0.01 * s + 0.1 * i, "std": 0.02, "n": 3}
+            for a in archs for i, r in enumerate(recipes) for s in range(1, 11)]
+    # A second configuration of one pair (told apart by hash) gets its own line style, not a new colour.
+    rows += [{"label": "s4/spt [abc123]", "step": s, "mean": 0.5, "std": float("nan"), "n": 1} for s in range(1, 11)]
+    fig = figures.curves_figure("listops", pd.DataFrame(rows))
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == archs
+    colour = {}
+    for ax in panels:
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        expected = {"spt", "supervised"} | ({"s4/spt [abc123]"} if ax.get_title() == "s4" else set())
+        assert set(lines) == expected
+        for label, line in lines.items():
+            colour.setdefault(label.split("/")[-1].split(" [")[0], set()).add(line.get_color())
+        if ax.get_title() == "s4":
+            assert lines["s4/spt [abc123]"].get_color() == lines["spt"].get_color()
+            assert lines["s4/spt [abc123]"].get_linestyle() != lines["spt"].get_linestyle()
+    assert all(len(c) == 1 for c in colour.values()) and colour["spt"] != colour["supervised"]
+    (legend,) = fig.legends
+    box = legend.get_window_extent()
+    assert [t.get_text() for t in legend.get_texts()] == ["supervised", "spt", "s4/spt [abc123]"]  # recipe order
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in panels)
+    assert panels[0].get_shared_y_axes().joined(panels[0], panels[-1])  # the same accuracy scale in each panel
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
