@@ -248,6 +248,23 @@ class CausalConvSiLU(torch.autograd.Function):
         return dpadded[:, k - 1 :], dweight, dpre.sum((0, 1))
 
 
+class _PermuteRows(torch.autograd.Function):
+    """x (b, l, d) -> its rows (b·l of them, d wide) picked by `rows` (b·l,), a permutation that is its
+    own inverse, so the backward picks the gradient's rows the same way. Whole-row index_select copies
+    rows; gather with an index expanded over d (and autograd's scatter-add backward) runs ~5x slower."""
+
+    @staticmethod
+    def forward(ctx, x, rows):
+        ctx.save_for_backward(rows)
+        return x.reshape(-1, x.shape[-1]).index_select(0, rows).view_as(x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        (rows,) = ctx.saved_tensors
+        return dy.reshape(-1, dy.shape[-1]).index_select(0, rows).view_as(dy), None
+
+
 def flip_within(x: Tensor, mask: Tensor | None) -> Tensor:
     """Reverse each sequence of x (b, l, d) within its real length; padding stays on the right.
     Its own inverse."""
@@ -256,7 +273,8 @@ def flip_within(x: Tensor, mask: Tensor | None) -> Tensor:
     lengths = mask.sum(1, keepdim=True)  # (b, 1)
     pos = torch.arange(x.shape[1], device=x.device)[None]
     index = torch.where(pos < lengths, lengths - 1 - pos, pos)  # (b, l)
-    return x.gather(1, index[..., None].expand_as(x))
+    rows = index + x.shape[1] * torch.arange(x.shape[0], device=x.device)[:, None]  # (b, l) into b·l rows
+    return _PermuteRows.apply(x, rows.reshape(-1))
 
 
 class MambaBlock(nn.Module):

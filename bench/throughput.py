@@ -87,21 +87,32 @@ def measure(arch: str, length: int, args: dict, queue) -> None:
         queue.put({"error": f"{type(exc).__name__}: {exc}"[:300]})
 
 
-def _measure(arch: str, length: int, args: dict) -> dict:
-    """`arch` is a conf/arch name; `args["set"]` its overrides (e.g. impl=torch)."""
+def build(arch: str, length: int, args: dict):
+    """conf/arch/<arch>.yaml at args' d_model and n_layers, dropout 0, overrides args["set"], seed 0, on
+    args["device"] in training mode."""
     import torch
     from omegaconf import OmegaConf
 
     sys.path.insert(0, str(ROOT))
-    from bench import flops
-    from recipes.model import build_backbone, n_params
+    from recipes.model import build_backbone
 
-    device = args["device"]
     torch.manual_seed(0)
     cfg = OmegaConf.load(ROOT / "conf" / "arch" / f"{arch}.yaml")
     cfg = OmegaConf.merge(cfg, {"d_model": args["d_model"], "n_layers": args["n_layers"], "dropout": 0.0},
                           OmegaConf.from_dotlist(args["set"]))
-    model = build_backbone(cfg, max_len=length).to(device).train()
+    return build_backbone(cfg, max_len=length).to(args["device"]).train()
+
+
+def _measure(arch: str, length: int, args: dict) -> dict:
+    """`arch` is a conf/arch name; `args["set"]` its overrides (e.g. impl=torch)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT))
+    from bench import flops
+    from recipes.model import n_params
+
+    device = args["device"]
+    model = build(arch, length, args)
     batch = max(1, args["tokens"] // length)
     x = torch.randn(batch, length, args["d_model"], device=device)
     mask = torch.ones(batch, length, dtype=torch.bool, device=device)
@@ -122,18 +133,7 @@ def _measure(arch: str, length: int, args: dict) -> dict:
     with flops.counter() as counter:  # also the warm-up step (optimizer state is created)
         step()
     flops_per_step = counter.get_total_flops() + flops.uncounted_flops(model, batch, length)
-    for _ in range(args["warmup"]):
-        step()
-    # The median step: on a shared or virtual machine a few steps come out much slower than the rest
-    # (we saw single steps 30% off), and a mean would move with them.
-    times = []
-    for _ in range(args["steps"]):
-        sync(device)
-        start = time.perf_counter()
-        step()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
+    seconds = median_step_seconds(step, device, args["warmup"], args["steps"])
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:  # ru_maxrss is in KiB on Linux
@@ -144,6 +144,37 @@ def _measure(arch: str, length: int, args: dict) -> dict:
             "impl": str(getattr(model, "impl", "torch")),
             "step_s": seconds, "tokens_per_s": batch * length / seconds, "peak_mem_mb": peak / 2**20,
             "flops_per_token": flops_per_step / (batch * length), "flops_per_s": flops_per_step / seconds}
+
+
+def median_step_seconds(step, device: str, warmup: int, steps: int) -> float:
+    """Seconds of the median of `steps` calls of step() after `warmup` more. The median: on a shared or
+    virtual machine a few steps come out much slower than the rest (we saw single steps 30% off), and a
+    mean would move with them."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def in_fresh_process(target, args: tuple, timeout: float) -> dict:
+    """target(*args, queue) in a spawned process -> the dict it put, or {"error": why not}."""
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=target, args=(*args, queue))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        return {"error": f"timeout after {timeout:.0f} s"}
+    if queue.empty():
+        return {"error": f"process died (exit {proc.exitcode}; out of memory?)"}
+    return queue.get()
 
 
 def exponent(rows: list[dict], arch: str, short: int, long: int) -> float | None:
@@ -217,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
         peak_from = f"measured dense {'bf16' if device == 'cuda' else 'float32'} matmul"
     print(f"# device: {device} ({where}); peak {peak_flops / 1e9:,.1f} GFLOP/s ({peak_from}); {dtype}; "
           f"d_model {args.d_model}, {args.n_layers} layers, {args.tokens} tokens per batch", flush=True)
-    ctx = mp.get_context("spawn")
     child_args = {"device": device, "d_model": args.d_model, "n_layers": args.n_layers, "tokens": args.tokens,
                   "steps": args.steps, "warmup": args.warmup, "dtype": dtype}
     impls = args.mamba_impls or default_mamba_impls(device)
@@ -225,17 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for label, arch, overrides in todo:
         for length in args.lengths:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=measure, args=(arch, length, {**child_args, "set": overrides}, queue))
-            proc.start()
-            proc.join(args.timeout)
-            if proc.is_alive():
-                proc.kill()
-                row = {"error": f"timeout after {args.timeout:.0f} s"}
-            elif queue.empty():
-                row = {"error": f"process died (exit {proc.exitcode}; out of memory?)"}
-            else:
-                row = queue.get()
+            row = in_fresh_process(measure, (arch, length, {**child_args, "set": overrides}), args.timeout)
             row = {**row, "arch": label, "L": length}
             rows.append(row)
             if "error" in row:

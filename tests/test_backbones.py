@@ -148,3 +148,15 @@ def test_ssm_parameters_get_their_own_optimizer_settings(arch, ssm_params):
             expected_lr = config(arch).get("ssm_lr") or 0.01
             assert group["lr"] == expected_lr, (names, group["lr"])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_flip_within_reverses_real_positions_and_its_gradient_is_the_same_flip():
+    """Its backward is hand-written (the permutation is its own inverse): checked against autograd."""
+    from archs.mamba import flip_within
+
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    y = flip_within(x, mask)
+    assert torch.equal(y[0, :3], x[0, [2, 1, 0]]) and torch.equal(y[0, 3:], x[0, 3:])
+    assert torch.equal(y[1], x[1].flip(0))
+    assert torch.autograd.gradcheck(lambda t: flip_within(t, mask), (x,))

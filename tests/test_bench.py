@@ -86,3 +86,24 @@ def test_mamba_flops_are_the_same_for_every_impl(bidirectional):
     e, n, k = 32, 4, 4
     scan = b * length * (7 * e * n + 2 * k * e)
     assert flops.uncounted_flops(model, b, length) == 3 * scan * 2 * (2 if bidirectional else 1)
+
+
+def test_reference_side_by_side_skips_a_missing_file_in_one_line(capsys):
+    from bench import reference
+
+    tiny = ["--lengths", "16", "--tokens", "32", "--d-model", "16", "--n-layers", "1", "--repeats", "1",
+            "--steps", "1", "--warmup", "0"]
+    assert reference.main(["--archs", "transformer", "s4d", "--s4d", "/nonexistent/s4d.py", *tiny]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "skip s4d: no reference file (/nonexistent/s4d.py)"
+    assert out[-1].startswith("transformer  L=    16  ours") and "ratio" in out[-1]
+
+
+def test_a_reference_file_loads_with_its_sibling_imports(tmp_path):
+    """mamba.py imports `from mambapy.pscan import pscan`: the folder's parent goes on the path."""
+    from bench import reference
+
+    (tmp_path / "pkgx").mkdir()
+    (tmp_path / "pkgx" / "helper.py").write_text("VALUE = 3\n")
+    (tmp_path / "pkgx" / "model.py").write_text("from pkgx.helper import VALUE\n")
+    assert reference.load_file(tmp_path / "pkgx" / "model.py").VALUE == 3
