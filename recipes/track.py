@@ -14,6 +14,7 @@ Under torchrun, rank 0 alone tracks (it alone writes the metrics log).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -135,7 +136,7 @@ def start(options, run_dir: Path, out_root: Path, head: dict, config: dict) -> N
         return
     module = {"tensorboard": "tensorboard", "wandb": "wandb"}[name]
     try:
-        __import__(module)
+        importlib.import_module(module)
     except ImportError as exc:
         raise ConfigError(f"logger={name} needs the {module} package, which is not installed: "
                           f"pip install -e \".[{module}]\" (or pip install {module})") from exc

@@ -15,7 +15,8 @@ PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "conf
 # settings stay as the preset has them.
 SHRINK = ["task.n_train=4", "task.n_val=2", "task.n_test=2", "progress=false",
           "pretrain.max_steps=1", "pretrain.batch_size=2", "pretrain.eval_batch_size=2",
-          "finetune.max_steps=1", "finetune.batch_size=2", "finetune.eval_batch_size=2"]
+          "finetune.max_steps=1", "finetune.batch_size=2", "finetune.eval_batch_size=2",
+          "probes.n_examples=1", "probes.positions=1", "probes.directions=1"]
 # File-based tasks read tiny fixtures in their official format; the rest generate their data.
 DATA = {
     "lra_text": lambda tmp: lra.write_imdb(tmp, n_per_class=2),
