@@ -60,8 +60,10 @@ def _row(path: Path, r: dict) -> dict:
         "params": (r.get("params") or {}).get("total"), "pretrain_steps": steps.get("pretrain", 0),
         "finetune_steps": steps.get("finetune"),
         # Compute spent on this result: every stage's own time, a reused pretraining at what it cost
-        # when it ran, so a cached stage does not make SPT look cheap. `total` is this process only.
-        "compute_s": sum(v for k, v in wall.items() if k != "total" and isinstance(v, (int, float))) or None,
+        # when it ran, so a cached stage does not make SPT look cheap. `total` is this process only;
+        # `probes` is measurement, not training (and absent from runs probed after the fact).
+        "compute_s": sum(v for k, v in wall.items() if k not in ("total", "probes") and isinstance(v, (int, float)))
+        or None,
         "pretrain_reused": pretrain.get("reused"), "code_version": r.get("code_version"),
         "pretrain_val_acc": fraction(metrics.get("pretrain_val_acc")), **baselines(r),
     }
