@@ -35,7 +35,9 @@ from tasks.base import DataError, Task, label_fraction
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
-NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes", "logger")
+NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes", "logger", "search")
+# Stage settings added after runs were made: left out of the hash while null, so those runs keep their hashes.
+NEW_WHEN_SET = ("patience",)
 
 
 @dataclass
@@ -189,7 +191,7 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             value = hp[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer")
-        for key in ("max_steps", "eval_every", "ckpt_every"):
+        for key in ("max_steps", "eval_every", "ckpt_every", "patience"):
             value = hp.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer or null")
@@ -226,6 +228,9 @@ def hashed_config(plain: dict, stages: tuple[str, ...]) -> dict:
     weights come from: their sha256 and their pretraining key (recipes/export.py), not the path."""
     unused = {"finetune", "pretrain"} - set(stages)
     hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
+    for stage in set(stages) & {"finetune", "pretrain"}:
+        if stage in hashed:
+            hashed[stage] = {k: v for k, v in hashed[stage].items() if k not in NEW_WHEN_SET or v is not None}
     if "finetune" in hashed and "init_from" in hashed["finetune"]:
         hashed["finetune"] = dict(hashed["finetune"])
         path = hashed["finetune"].pop("init_from")

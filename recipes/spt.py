@@ -98,7 +98,9 @@ def losses(objective: str, ratio: float, mask_id: int, pixel_loss: str | None = 
     return mlm, mlm_fixed
 
 
-def run(ctx) -> dict:
+def pretrain(ctx, announce: bool = True):
+    """Stage 1, or its cached result: -> (the pretrained body, fit's summary, the pretraining's record
+    for result.json, the probes Recorder holding its init and pretrained probes)."""
     cfg, task, spec = ctx.cfg, ctx.task, ctx.task.spec
     hp = cfg.pretrain
     ratio = spec.spt_mask_ratio if hp.mask_ratio is None else float(hp.mask_ratio)
@@ -107,7 +109,8 @@ def run(ctx) -> dict:
     seed = int(hp.seed)
     torch.manual_seed(seed)
     body = build_body(cfg, task)
-    ctx.announce(body)
+    if announce:
+        ctx.announce(body)
     causal = is_causal(body.backbone)
     objective = objective_for(hp.objective, causal)
     pixel_loss = pixel_loss_for(hp.get("pixel_loss"), spec)
@@ -119,7 +122,9 @@ def run(ctx) -> dict:
 
     # The data itself (its digest covers source files and generator parameters), not the task
     # config; and no setting that cannot change the pretrained weights (checkpoint cadence).
-    settings = {k: v for k, v in OmegaConf.to_container(hp, resolve=True).items() if k != "ckpt_every"}
+    # patience joins the key only when set, so pretrainings cached before it existed keep their keys.
+    settings = {k: v for k, v in OmegaConf.to_container(hp, resolve=True).items()
+                if k != "ckpt_every" and not (k == "patience" and v is None)}
     # The label subset is part of the data pretraining sees (its fraction and seed fix its examples).
     subset = {"train_fraction": fraction, "data_seed": cfg.task.get("data_seed", 0)} if inputs == "labelled" else {}
     depends_on = {"format": checkpoint.FORMAT, "data": {**task.data_key(), **subset}, "vocab_size": spec.vocab_size,
@@ -160,7 +165,13 @@ def run(ctx) -> dict:
         if not probed:
             probes.take("pretrained", body)
             probes.store(out / "probes.json", ("init", "pretrained"))
+    record = {"key": key, "dir": str(out), "reused": reused, "objective": objective, "mask_ratio": ratio,
+              "seed": seed, "pixel_loss": pixel_loss, "inputs": inputs, "n_documents": len(pretrain_on.documents())}
+    return body, summary, record, probes
 
+
+def run(ctx) -> dict:
+    body, summary, record, probes = pretrain(ctx)
     result = finetune(ctx, body, prefix_rows=summary["history"])
     probes.take("finetuned", body)
     probes.add_to(result)
@@ -171,9 +182,8 @@ def run(ctx) -> dict:
         "pretrain_best_step": summary["best_step"],
     })
     result["steps"]["pretrain"] = summary["steps"]
+    result["stopping"]["pretrain"] = summary.get("stopping")  # None: cached before stages recorded it
     result["skipped_steps"]["pretrain"] = summary["skipped_steps"]
     result["wall_time_s"]["pretrain"] = summary["wall_time_s"]
-    result["pretrain"] = {"key": key, "dir": str(out), "reused": reused, "objective": objective, "mask_ratio": ratio,
-                          "seed": seed, "pixel_loss": pixel_loss, "inputs": inputs,
-                          "n_documents": len(pretrain_on.documents())}
+    result["pretrain"] = record
     return result

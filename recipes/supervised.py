@@ -23,8 +23,8 @@ def classify_loss(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor):
     return loss, (logits.argmax(-1) == labels).sum(), torch.tensor(labels.numel())
 
 
-def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
-    """Train a fresh classification head on `body` (all weights trainable); test the best on val."""
+def finetune(ctx, body: Body, prefix_rows: list[dict] = (), no_stop_before: int = 0) -> dict:
+    """Train a fresh classification head on `body` (all weights trainable); test the weights best on val."""
     cfg, spec = ctx.cfg, ctx.task.spec
     pooling = pooling_for(cfg.model, is_causal(body.backbone))
     torch.manual_seed(ctx.seed)  # the head's init must not depend on whether pretraining was cached
@@ -33,14 +33,16 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = ()) -> dict:
     summary = fit(Stage("finetune", model, classify_loss, classify_loss, "acc"), ctx.splits["train"],
                   ctx.splits["val"], hp, ctx.run_dir / "checkpoints", seed=ctx.seed, identity=ctx.identity,
                   pad_id=spec.pad_id, device=ctx.device, log_path=ctx.run_dir / "metrics.jsonl",
-                  prefix_rows=list(prefix_rows), progress=ctx.progress, compute=ctx.compute)
+                  prefix_rows=list(prefix_rows), progress=ctx.progress, compute=ctx.compute,
+                  no_stop_before=no_stop_before)
     test = evaluate(model, classify_loss, ctx.splits["test"], hp.eval_batch_size, spec.pad_id, ctx.device,
                     ctx.compute)
     return {
         "metrics": {"val_acc": summary["best_val"]["acc"], "val_loss": summary["best_val"]["loss"],
                     "test_acc": test["acc"], "test_loss": test["loss"], "best_step": summary["best_step"]},
         "params": {"total": n_params(model), "backbone": n_params(body.backbone)},
-        "steps": {"finetune": summary["steps"]},
+        "steps": {"finetune": summary["steps"]},  # taken: the cap, or fewer when patience stopped the stage
+        "stopping": {"finetune": summary.get("stopping")},  # cap, where and why it stopped, converged
         "wall_time_s": {"finetune": summary["wall_time_s"]},
         # Which implementation ran (e.g. Mamba's fused CUDA kernels or the PyTorch path).
         "impl": str(getattr(body.backbone, "impl", "torch")),

@@ -15,6 +15,11 @@ walks the same global order and trains on its share of each batch, in micro-batc
 `compute.micro_batch_size` is set; gradients are weighted so that a step equals one process's step
 on the whole batch (see `accumulate`), metrics are summed over ranks, and rank 0 alone writes files.
 
+Early stopping: with `patience` = P, a stage stops after P validations in a row without improving its
+best score (`Stage.score`), never before step `no_stop_before`; otherwise it runs to its cap
+(`max_steps`, or `epochs`). The decision is a function of the logged validations alone, so a stage
+killed after its patience ran out resumes to the same stop. The summary says where it stopped and why.
+
 Files in `out_dir`: last.pt (full state, for resume), best.pt (weights of the best validation
 score), done.json (summary, written when the stage completes), and the metrics log `log_path`.
 """
@@ -102,6 +107,24 @@ def total_steps(hp: DictConfig, n_examples: int) -> int:
     return int(hp.max_steps) if hp.get("max_steps") else int(hp.epochs) * math.ceil(n_examples / hp.batch_size)
 
 
+def validations_since_best(history: list[dict], best_step: int) -> int:
+    """Validations logged after the best one: how long the stage has gone without improving."""
+    return sum(1 for row in history if row["step"] > best_step)
+
+
+def stopping(hp: DictConfig, history: list[dict], best_step: int, step: int, total: int, eval_every: int,
+             steps_per_epoch: int) -> dict:
+    """Where and why a stage stopped (result.json `stopping`). `converged` is false when the stage hit its
+    cap while still improving: its best validation within the last `patience` validations (patience null:
+    the last validation was the best), so more steps could have helped."""
+    patience = hp.get("patience")
+    since = validations_since_best(history, best_step)
+    return {"cap": total, "steps": step, "best_step": best_step, "reason": "patience" if step < total else "cap",
+            "patience": patience, "eval_every": eval_every, "steps_per_epoch": steps_per_epoch,
+            "epochs": round(step / steps_per_epoch, 3),
+            "converged": since >= patience if patience else best_step < step}
+
+
 def pad_share(lengths: np.ndarray, batches: list[np.ndarray]) -> tuple[int, int]:
     """-> (real tokens, padded slots) of these batches, each padded to its longest example."""
     real = sum(int(lengths[b].sum()) for b in batches)
@@ -166,9 +189,10 @@ def accumulate(stage: Stage, model: nn.Module, pieces: list, empty: bool, loaded
 
 def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_dir: Path, *, seed: int,
         identity: dict, pad_id: int, device: torch.device, log_path: Path, prefix_rows: list[dict] = (),
-        progress: bool = True, compute: Compute = PLAIN) -> dict:
+        progress: bool = True, compute: Compute = PLAIN, no_stop_before: int = 0) -> dict:
     """Train `stage.model` in place, leave it holding the best validation weights, return a summary.
-    Under torchrun every rank calls this; `hp.batch_size` is the global batch, and rank 0 alone writes."""
+    Under torchrun every rank calls this; `hp.batch_size` is the global batch, and rank 0 alone writes.
+    `no_stop_before`: patience may not end the stage before this step (recipes/supervised_matched.py)."""
     out_dir = Path(out_dir)
     main = distributed.is_main()
     model = stage.model.to(device)
@@ -196,9 +220,15 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     warmup = min(int(hp.warmup_steps), total)
     optim = torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
     better = (lambda a, b: a > b) if stage.score == "acc" else (lambda a, b: a < b)
-    log.info("stage %s: %d steps (%s), batch size %d, lr %g, warmup %d, validation every %d steps", stage.name,
+    patience = hp.get("patience")
+    log.info("stage %s: %d steps (%s), batch size %d, lr %g, warmup %d, validation every %d steps%s", stage.name,
              total, "max_steps" if hp.get("max_steps") else f"{hp.epochs} epochs of {steps_per_epoch}",
-             hp.batch_size, hp.lr, warmup, eval_every)
+             hp.batch_size, hp.lr, warmup, eval_every,
+             f", early stopping after {patience} validations without a better {stage.score}" if patience else "")
+
+    def patience_ran_out() -> bool:  # decided at a validation only (the last logged row is this step's)
+        return (bool(patience) and step >= no_stop_before and bool(history) and history[-1]["step"] == step
+                and validations_since_best(history, best_step) >= patience)
     scaler = torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16")
 
     step, elapsed, history, best, best_step = 0, 0.0, [], None, -1
@@ -250,7 +280,8 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
                dynamic_ncols=True)
     order_epoch, plan, loaded = -1, {}, None
     guard.in_loop(True)
-    while step < total:
+    # Resumed after its patience ran out (killed before done.json): the stage ends here, as it did then.
+    while step < total and not patience_ran_out():
         # SIGTERM: acted on at a step boundary, where the state is consistent. Under torchrun the ranks
         # agree first (ranks may see the signal a step apart, and saving is collective).
         if distributed.sum_all([float(guard.stop_requested())])[0]:
@@ -326,6 +357,10 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             save_last()
             if main:
                 write_log(log_path, [*prefix_rows, *history])
+            if patience_ran_out():
+                log.info("%s: stopped at step %d: %d validations without a better %s (best at step %d)",
+                         stage.name, step, patience, stage.score, best_step)
+                break
         elif hp.get("ckpt_every") and step % hp.ckpt_every == 0:
             elapsed = time.perf_counter() - started
             save_last()
@@ -335,7 +370,8 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         write_log(log_path, [*prefix_rows, *history])  # also when a kill fell between last.pt and the log
     distributed.barrier()  # rank 0 has written best.pt before any rank reads it
     checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
-    summary = {"identity": identity, "steps": total, "best_step": best_step, "best_val": best,
+    summary = {"identity": identity, "steps": step, "best_step": best_step, "best_val": best,
+               "stopping": stopping(hp, history, best_step, step, total, eval_every, steps_per_epoch),
                "wall_time_s": round(time.perf_counter() - started, 3), "history": history,
                "skipped_steps": skipped}
     if main:

@@ -6,6 +6,7 @@ code, so a report is a pure function of a folder of result files (and of the boo
     load.py     runs, unfinished run folders, metrics logs -> tidy DataFrames
     stats.py    cells, bootstrap CIs, gaps, gap closed by SPT, SPT gain (Welch's t), floors
     axis.py     study axes (e.g. task.train_fraction): detection, --axis, cells per axis value, axis.csv
+    select.py   hyperparameter selection on validation: search keys, grids, the configuration kept per cell
     locality.py the Locality section: result.json `probes` per stage, Δlocality vs SPT gain, its figures
     figures.py  matplotlib (Agg) PNGs
     render.py   blocks -> Markdown and self-contained, escaped HTML

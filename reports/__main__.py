@@ -1,11 +1,16 @@
-"""python -m reports RUNS_DIR [-o OUT_DIR] [--axis KEY]: report.md, report.html (figures embedded),
-results.csv (one row per run), cells.csv (one row per configuration), curves.csv (validation curves
-over seeds), axis.csv (numbers along a study axis), locality.csv (locality probes, when runs carry them)
-and the figures as PNG.
+"""python -m reports RUNS_DIR [-o OUT_DIR] [--axis KEY] [--search KEYS]: report.md, report.html (figures
+embedded), results.csv (one row per run), cells.csv (one row per configuration), curves.csv (validation
+curves over seeds), axis.csv (numbers along a study axis), locality.csv (locality probes, when runs carry
+them), selection.csv (configurations compared on validation, with search keys) and the figures as PNG.
 
 A task's study axis (e.g. task.train_fraction) is detected when exactly one setting differs between
 its configurations (reports/axis.py); --axis KEY declares it. A KEY that varies in no task, or names
-a seed, arch.* or recipe.* setting, is an error (exit 2, nothing written)."""
+a seed, arch.* or recipe.* setting, is an error (exit 2, nothing written).
+
+Search keys (e.g. finetune.lr,pretrain.lr: settings a sweep searched over) come from the runs' stored
+config `search`; --search KEYS replaces them. Of each grid of configurations differing only in them, the
+report keeps the one with the best mean validation accuracy and computes everything from it
+(reports/select.py). A key no run's config has is an error (exit 2, nothing written)."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from pathlib import Path
 
 from reports.axis import AxisError
 from reports.build import NoRuns, build
+from reports.select import SearchError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed; the same seed gives the same report")
     parser.add_argument("--axis", default=None, metavar="KEY",
                         help="config key to lay cells out along, e.g. task.train_fraction (default: detected)")
+    parser.add_argument("--search", default=None, metavar="KEYS",
+                        help="comma-separated search keys, e.g. finetune.lr,pretrain.lr: replaces the keys stored in "
+                        "the runs' config (`search`); '' turns selection off (default: the stored keys)")
     args = parser.parse_args(argv)
     if not args.runs_dir.is_dir():
         print(f"error: {args.runs_dir} is not a folder; pass the folder that holds your runs (e.g. runs)",
@@ -38,8 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.runs_dir / "report"
     command = "python -m reports " + " ".join(shlex.quote(a) for a in argv)
     try:
-        done = build(args.runs_dir, out, n_boot=args.bootstrap, seed=args.seed, command=command, axis=args.axis)
-    except (NoRuns, AxisError) as exc:
+        search = None if args.search is None else [k.strip() for k in args.search.split(",") if k.strip()]
+        done = build(args.runs_dir, out, n_boot=args.bootstrap, seed=args.seed, command=command, axis=args.axis,
+                     search=search)
+    except (NoRuns, AxisError, SearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"report: {done['out'] / 'report.md'} and report.html ({done['runs']} runs: {done['counted']} counted, "

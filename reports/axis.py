@@ -11,7 +11,8 @@ differs for a single (arch, recipe) is more likely a leftover than a study; both
 other settings may then differ too, and cells that still have several configurations at one axis
 value stay apart ("ambiguous"). A cell whose runs disagree on the axis key has one group_hash
 across values: the key is outside its configuration (pretrain.* for a supervised run), so the cell
-stands at every axis value.
+stands at every axis value. Search keys (reports/select.py: settings a sweep searched over and the
+report chooses on validation) are never an axis and never stop one from being detected.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from reports.load import flat, load_config
 
 # Settings that never tell configurations apart: seeds (spread, not settings) and the keys the
 # training side leaves out of config_hash (recipes/experiment.py NOT_HASHED).
-IGNORED = {"seed", "pretrain.seed", "out_root", "cache_dir", "progress", "device", "baselines"}
+IGNORED = {"seed", "pretrain.seed", "out_root", "cache_dir", "progress", "device", "baselines", "search"}
 IGNORED_PREFIXES = ("arch.", "recipe.", "compute.", "logger.")
 UNSET = "<unset>"
 EVERYWHERE = object()  # value_of for a cell that stands at every axis value
@@ -51,22 +52,25 @@ def varying(configs: list[dict]) -> list[str]:
     return [k for k in keys if len({repr(c.get(k, UNSET)) for c in configs}) > 1]
 
 
-def detect(ok: pd.DataFrame, declared: str | None = None) -> tuple[dict, list[str]]:
+def detect(ok: pd.DataFrame, declared: str | None = None, search: dict | None = None) -> tuple[dict, list[str]]:
     """-> ({task: axis key}, warnings). With `declared`, the axis of every task whose configs vary in it;
-    AxisError when it names a seed/arch/recipe/unhashed key, or one that varies in no task."""
+    AxisError when it names a seed/arch/recipe/unhashed key, or one that varies in no task. search: {task:
+    search keys}, left out as IGNORED keys are (their grid is chosen from, not laid out)."""
     if declared and (declared in IGNORED or declared.startswith(IGNORED_PREFIXES)):
         raise AxisError(f"--axis {declared} cannot be a study axis: seeds, arch.*, recipe.* and settings outside "
                         "the configuration hash are never laid out along an axis")
     configs = {p: settings(p) for p in ok.path}
     axes, notes, seen = {}, [], set()
     for task, g in ok.groupby("task", sort=True):
-        keys = varying([configs[p] for p in g.path])
+        skip = set((search or {}).get(task, ()))
+        mine = {p: {k: v for k, v in configs[p].items() if k not in skip} for p in g.path}
+        keys = varying(list(mine.values()))
         seen |= set(keys)
         if declared:
             if declared in keys:
                 axes[task] = declared
             continue
-        per_cell = [varying([configs[p] for p in h.path]) for _, h in g.groupby(["arch", "recipe"])]
+        per_cell = [varying([mine[p] for p in h.path]) for _, h in g.groupby(["arch", "recipe"])]
         within = [k for k in keys if sum(k in v for v in per_cell) >= 2]
         if len(within) == 1:
             axes[task] = within[0]

@@ -1,7 +1,8 @@
 """Assemble a report from a folder of runs: report.md, report.html (figures embedded), results.csv
 (one row per run), cells.csv (one row per configuration), curves.csv (the validation curves: mean,
 std and n over seeds per step), axis.csv (the numbers along study axes, when a task has one), locality.csv
-(the locality probes per cell, stage and measure, when runs carry them) and the figures as PNG."""
+(the locality probes per cell, stage and measure, when runs carry them), selection.csv (the configurations
+compared on validation, when there are search keys: reports/select.py) and the figures as PNG."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 
 from reports import axis as study
-from reports import figures, locality, stats
-from reports.load import BASELINES, flat, load_config, load_curves, load_runs, usable
+from reports import figures, locality, select, stats
+from reports.load import BASELINES, STAGES, STOPPING_COLUMNS, flat, load_config, load_curves, load_runs, usable
 from reports.render import Table, interval, pct, signed, to_html, to_markdown
 
 UMASK = os.umask(0o022)
@@ -48,7 +49,7 @@ def show(v) -> str:
 def config_difference(paths: list[str]) -> str:
     """'finetune.lr: 0.001 | 0.0003' for the settings (seeds aside) that differ between runs' configs."""
     configs = [flat(load_config(p)) for p in paths]
-    keys = sorted({k for c in configs for k in c} - {"seed", "pretrain.seed"})
+    keys = sorted({k for c in configs for k in c} - {"seed", "pretrain.seed", "search"})
     diff = [f"{k}: {' | '.join(str(c.get(k, '<unset>')) for c in configs)}"
             for k in keys if len({repr(c.get(k, '<unset>')) for c in configs}) > 1]
     if not diff:
@@ -139,7 +140,7 @@ ACCURACY_COLUMNS = ["arch", "recipe", "config", "n", "seeds", "mean", "std", "95
                     "pretrain steps", "finetune steps", "wall time s", "device", "impl"]
 # Of an earlier report in the same folder.
 OUTPUTS = ("accuracy.png", "gap.png", "curves_*.png", "curves.csv", "axis.csv", "axis_*.png", "locality.csv",
-           "locality_*.png")
+           "locality_*.png", "selection.csv")
 FLOOR_COLUMNS = {"majority_val_acc": "majority val", "majority_test_acc": "majority test",
                  "order_free_val_acc": "order-free val", "order_free_test_acc": "order-free test",
                  "unigram_val_acc": "unigram masked-token val"}
@@ -152,7 +153,8 @@ def seconds(x) -> str:
     return "–" if pd.isna(x) else f"{x:.1f}"
 
 
-def intro(runs: pd.DataFrame, ok, repeated, bad, table, n_boot: int, seed: int, where: str) -> list:
+def intro(runs: pd.DataFrame, ok, repeated, bad, table, n_boot: int, seed: int, where: str,
+          unselected: int | None = None) -> list:
     blocks = [("h1", "sptbench report"),
               ("p", f"Runs read from {where}. Accuracies are test accuracy in %, gaps and gains in percentage "
                f"points. Spread: sample std over seeds; 95% CI: percentile bootstrap over seeds ({n_boot} resamples, "
@@ -160,8 +162,11 @@ def intro(runs: pd.DataFrame, ok, repeated, bad, table, n_boot: int, seed: int, 
                "fine-tuned model (encoder, backbone, head); wall time = seconds of all stages, mean over seeds (a "
                "pretraining reused from the cache counts what it cost when it ran); config = the configuration hash "
                "without the seed (runs are only averaged within one).")]
-    summary = (f"{len(runs)} runs: {len(ok)} counted, {len(repeated)} repeating a configuration already counted, "
-               f"{len(bad)} not ok and excluded from means")
+    summary = (f"{len(runs)} runs: {len(ok)} counted, "
+               + (f"{unselected} in configurations not selected on validation (see Hyperparameter selection), "
+                  if unselected is not None else "")
+               + f"{len(repeated)} repeating a configuration already counted, {len(bad)} not ok and excluded from "
+               "means")
     counts = bad.status.value_counts().to_dict()
     if counts:
         summary += " (" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ")"
@@ -409,21 +414,114 @@ def study_axis(task: str, key: str, declared: bool, t_ok: pd.DataFrame, cells: d
             "ambiguous": [(task, key, show(v), a, r, gs) for v, a, r, gs in ambiguous]}
 
 
+STAGE_NAMES = {"finetune": "fine-tuning", "pretrain": "pretraining"}
+
+
+def spread(values: pd.Series, digits: int = 0) -> str:
+    """'812 (700–900)': mean and range over seeds ('812' when they agree, '–' when none recorded it)."""
+    if values.empty:
+        return "–"
+    lo, hi = values.min(), values.max()
+    return f"{values.mean():.{digits}f}" + (f" ({lo:.{digits}f}–{hi:.{digits}f})" if lo != hi else "")
+
+
+def stage_cells(g: pd.DataFrame, stage: str) -> tuple[dict, list, list]:
+    """One stage of one cell's seeds `g`: -> (cells.csv columns, table cells, seeds stopped at the cap while
+    still improving)."""
+    have = g[g[f"{stage}_stop"].notna()]
+    number = {c: have[f"{stage}_{c}"].dropna().astype(float) for c in ("stop", "best_step", "epochs")}
+    reasons = have[f"{stage}_reason"].value_counts()
+    late = g[g[f"{stage}_converged"].map(lambda v: v is False)].seed.tolist()
+    cap = stats.distinct(have[f"{stage}_cap"])
+    csv = {f"{stage}_n": len(have), f"{stage}_stop_mean": number["stop"].mean(),
+           f"{stage}_stop_min": number["stop"].min(), f"{stage}_stop_max": number["stop"].max(), f"{stage}_cap": cap,
+           f"{stage}_epochs_mean": number["epochs"].mean(), f"{stage}_best_step_mean": number["best_step"].mean(),
+           f"{stage}_by_patience": int(reasons.get("patience", 0)), f"{stage}_by_cap": int(reasons.get("cap", 0)),
+           f"{stage}_not_converged": len(late)}
+    cells = [f"{spread(number['stop'])} / {cap}" if len(have) else "–", spread(number["epochs"], 2),
+             ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())) or "–", spread(number["best_step"])]
+    return csv, cells, late
+
+
+def convergence(ok: pd.DataFrame, table: pd.DataFrame, place: dict) -> tuple[pd.DataFrame, list, list[str]]:
+    """Where each counted cell's stages stopped (result.json `stopping`, load.STOPPING_COLUMNS): -> (cells.csv
+    columns per cell, the Convergence section, warnings). place: (task, group_hash) -> 'key=value' along a
+    study axis. A cell is "not converged" when any seed's stage stopped at its cap while still improving,
+    "unknown" when a seed did not record whether it did (results from before `stopping`)."""
+    rows, lines, flagged = [], [], []
+    for r in table.sort_values(["task", "arch", "recipe", "group_hash"]).itertuples():
+        g = ok[(ok.task == r.task) & (ok.arch == r.arch) & (ok.recipe == r.recipe) & (ok.group_hash == r.group_hash)]
+        g = g.sort_values("seed")
+        row, cells, failed = {"task": r.task, "arch": r.arch, "recipe": r.recipe, "group_hash": r.group_hash}, [], []
+        # Fine-tuning always runs; pretraining where a seed recorded it (spt).
+        stages = [s for s in STAGES if s == "finetune" or g[f"{s}_stop"].notna().any()]
+        for stage in STAGES:
+            if stage not in stages:
+                cells += ["–"] * 4
+                continue
+            csv, shown, late = stage_cells(g, stage)
+            row.update(csv)
+            cells += shown
+            if late:
+                failed.append(f"{STAGE_NAMES[stage]}: seed{'s' if len(late) > 1 else ''} {', '.join(map(show, late))}")
+        known = all(g[f"{s}_converged"].map(lambda v: isinstance(v, bool)).all() for s in stages)
+        row["converged"] = "no" if failed else "yes" if known else "unknown"
+        verdict = f"not converged ({'; '.join(failed)})" if failed else row["converged"]
+        where = place.get((r.task, r.group_hash), "–")
+        if failed:
+            flagged.append(f"{r.task} / {r.arch} / {r.recipe}" + (f" at {where}" if where != "–" else "")
+                           + f" ({'; '.join(failed)})")
+        pre = [pct(r.pretrain_val_acc_mean) if r.pretrain_n else "–",
+               pct(r.unigram_val_acc) if r.pretrain_n and pd.notna(r.unigram_val_acc) else "–"]
+        lines.append([r.task, where, r.arch, r.recipe, r.group_hash[:8], f"{g.finetune_stop.notna().sum()} of {len(g)}",
+                      *cells, *pre, verdict])
+        rows.append(row)
+    blocks = [("h2", "Convergence"),
+              ("p", "Where each stage stopped (result.json `stopping`), mean over seeds with the range in brackets: "
+               "steps taken / the stage's step cap, epochs, how many seeds stopped by patience (no better validation "
+               "in `patience` validations) or at the cap, and the step of the best validation, whose checkpoint is "
+               "the one evaluated. A cell is not converged when any seed's stage stopped at its cap while still "
+               "improving (its best validation within the last `patience` validations; without patience, at the "
+               "last one): more steps could change its numbers; unknown when a seed did not record it. Pretraining "
+               "(spt) also shows its masked-token (pixel) validation accuracy against the unigram floor."),
+              ("table", Table(["task", "axis value", "arch", "recipe", "config", "seeds recorded",
+                               *(f"{s} {c}" for s in ("fine-tune", "pretrain")
+                                 for c in ("stop / cap", "epochs", "stopped by", "best step")),
+                               "pretrain masked val acc", "unigram floor", "converged?"], lines))]
+    warnings = [("Not converged: a stage stopped at its step cap while its validation was still improving, so more "
+                 f"steps could change these cells' numbers: {', '.join(flagged)}")] if flagged else []
+    return pd.DataFrame(rows), blocks, warnings
+
+
 def single_floor(runs: pd.DataFrame, col: str) -> float | None:
     found = stats.floors(runs)[col]
     return found[0] if len(found) == 1 else None
 
 
 def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed: int = 0,
-          command: str | None = None, axis: str | None = None) -> dict:
+          command: str | None = None, axis: str | None = None, search: list[str] | None = None) -> dict:
     """Write the report for runs_dir into out_dir; return counts and the paths written. axis: a config key
-    declared as the study axis (study.detect; AxisError when no task varies in it), else auto-detected."""
+    declared as the study axis (study.detect; AxisError when no task varies in it), else auto-detected.
+    search: the search keys (select.search_keys; SearchError for a key no run has), else the runs' stored
+    ones; each grid of them is reduced to its configuration chosen on validation before anything is computed."""
     runs_dir, out = Path(runs_dir), Path(out_dir)
     runs = load_runs(runs_dir)
     if runs.empty:
         raise NoRuns(f"no runs (result.json or run folders) under {runs_dir}; run `python run.py ...` first")
     ok, repeated = usable(runs)
-    axes, axis_notes = study.detect(ok, axis)  # before writing anything: a bad --axis leaves the folder as it was
+    # Before writing anything: a bad --axis or --search leaves the folder as it was.
+    keys = select.search_keys(ok, search, axis)
+    axes, axis_notes = study.detect(ok, axis, keys)
+    unselected, selection, select_notes = None, None, []
+    if keys:  # from here on the configurations not chosen on validation are as if they had not run
+        keep, selection, select_notes = select.choose(ok, pd.concat([ok, repeated]), keys, axes)
+        kept, kept_again = select.within(ok, keep), select.within(repeated, keep)
+        left = pd.concat([ok[~kept], repeated[~kept_again]])
+        ok, repeated, unselected = ok[kept], repeated[kept_again], len(left)
+        dropped, counted = set(left.path), set(ok.path) | set(repeated.path)
+        runs = runs.assign(selected=runs.path.map(lambda p: False if p in dropped else True if p in counted else None))
+    if not runs[STOPPING_COLUMNS].notna().any().any():  # results.csv as before `stopping` existed
+        runs = runs.drop(columns=STOPPING_COLUMNS)
     out.mkdir(parents=True, exist_ok=True)
     for pattern in OUTPUTS:  # a figure of a task no longer in the folder must not linger beside the report
         for old in out.glob(pattern):
@@ -440,9 +538,15 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
     bad = runs[runs.status != "ok"]
 
     where = f"{runs_dir}" + (f" by `{command}`" if command else "")
-    blocks = intro(runs, ok, repeated, bad, table, n_boot, seed, where)
+    blocks = intro(runs, ok, repeated, bad, table, n_boot, seed, where, unselected)
     tasks = sorted(table.task.unique()) if not table.empty else []
-    warnings = warnings_for(ok, ambiguous, [a for st in studies.values() for a in st["ambiguous"]]) + axis_notes
+    warnings = (warnings_for(ok, ambiguous, [a for st in studies.values() for a in st["ambiguous"]]) + axis_notes
+                + select_notes)
+    stopped = None
+    if ok[STOPPING_COLUMNS].notna().any().any():
+        place = {(t, g): f"{st['key']}={v}" for t, st in studies.items() for g, v in st["place"].items()}
+        stopped, stop_blocks, stop_warnings = convergence(ok, table, place)
+        warnings += stop_warnings
     for task in tasks:
         if task in studies:
             st = studies[task]
@@ -452,6 +556,10 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
             warnings += floor_warnings(task, stats.floors(ok[ok.task == task]))
     if warnings:
         blocks += [("h2", "Warnings"), ("list", warnings)]
+    if selection is not None:
+        blocks += select.blocks(selection, keys, search is not None)
+    if stopped is not None:
+        blocks += stop_blocks
 
     figs, curves, axis_rows, locality_rows = [], [], [], []
     if not ok.empty:
@@ -533,8 +641,12 @@ def build(runs_dir: str | Path, out_dir: str | Path, n_boot: int = 10_000, seed:
     if locality_rows:
         write_csv(pd.DataFrame(locality_rows, columns=locality.CSV_COLUMNS), out / "locality.csv")
     write_csv(runs, out / "results.csv")
-    write_csv(table, out / "cells.csv")
+    if selection is not None:
+        write_csv(select.csv_frame(selection), out / "selection.csv")
+    write_csv(table if stopped is None or table.empty else table.merge(stopped, how="left",
+                                                                          on=["task", "arch", "recipe", "group_hash"]),
+              out / "cells.csv")
     atomic_text(out / "report.md", to_markdown(blocks))
     atomic_text(out / "report.html", to_html(blocks, f"sptbench report: {runs_dir}"))
     return {"runs": len(runs), "counted": len(ok), "not_ok": len(bad), "out": out, "figures": [p for p, _ in figs],
-            "axes": axes}
+            "axes": axes, "search": keys}

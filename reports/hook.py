@@ -6,7 +6,9 @@ conf/config.yaml under `hydra.callbacks.report`.
     python run.py -m ... hydra.callbacks.report.out=reports/mine         # elsewhere
 
 The report covers every run under the sweep folder (`hydra.sweep.dir`, i.e. `out_root`), earlier
-ones included: configurations are told apart by their hashes, so nothing is pooled by accident.
+ones included: configurations are told apart by their hashes, so nothing is pooled by accident. Search
+keys come from the runs' stored config (`search`), so a grid of them is reduced to its configuration
+chosen on validation as `python -m reports` does (reports/select.py).
 A report that cannot be built never loses results (they are written before) nor hides failed jobs:
 the problem is printed, kept in FAILED, and run.py exits non-zero after listing failed jobs.
 """

@@ -4,8 +4,8 @@ A run folder is a Hydra job folder (`.hydra/config.yaml`) or a folder with a `ch
 subfolder or `metrics.jsonl`; the pretraining cache (`_cache/`) and report folders are neither.
 Nothing is imported from the training code: the fields read here are those that
 recipes/experiment.py writes (task, arch, recipe, seed, status, reason, config_hash, group_hash,
-metrics, params, steps, wall_time_s, device, hardware, impl, config, baselines) and the rows of
-recipes/train.py's metrics.jsonl (stage, step, val_acc, ...).
+metrics, params, steps, wall_time_s, device, hardware, impl, config, baselines, stopping) and the
+rows of recipes/train.py's metrics.jsonl (stage, step, val_acc, ...).
 """
 
 from __future__ import annotations
@@ -21,9 +21,14 @@ REQUIRED = ("task", "arch", "recipe", "seed", "group_hash", "config_hash")
 BASELINES = {"majority_val_acc": ("majority", "val_acc"), "majority_test_acc": ("majority", "test_acc"),
              "order_free_val_acc": ("order_free", "val_acc"), "order_free_test_acc": ("order_free", "test_acc"),
              "unigram_val_acc": ("unigram", "val_acc")}
+# Where each stage stopped (result.json `stopping`, recipes/train.py; `stop` is its field `steps`). None
+# where a result predates it, or the stage did not run (no pretraining in supervised recipes).
+STOPPING = ("stop", "cap", "best_step", "epochs", "reason", "patience", "converged")
+STAGES = ("finetune", "pretrain")
+STOPPING_COLUMNS = [f"{stage}_{col}" for stage in STAGES for col in STOPPING]
 COLUMNS = ["path", "task", "arch", "recipe", "seed", "status", "reason", "config_hash", "group_hash", "device",
            "impl", "test_acc", "val_acc", "params", "pretrain_steps", "finetune_steps", "compute_s",
-           "pretrain_reused", "code_version", "pretrain_val_acc", *BASELINES, "baseline_n"]
+           "pretrain_reused", "code_version", "pretrain_val_acc", *BASELINES, "baseline_n", *STOPPING_COLUMNS]
 
 
 def fraction(v) -> float | None:
@@ -47,6 +52,27 @@ def baselines(r: dict) -> dict:
     return out
 
 
+def _count(v) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+
+def stopping(r: dict) -> dict:
+    """result.json `stopping` as STOPPING_COLUMNS; a field missing or of the wrong type reads as None
+    (unknown), never as a guess."""
+    out = {}
+    for stage in STAGES:
+        s = _part(_part(r, "stopping"), stage)
+        epochs = s.get("epochs")
+        out.update({f"{stage}_stop": _count(s.get("steps")), f"{stage}_cap": _count(s.get("cap")),
+                    f"{stage}_best_step": _count(s.get("best_step")),
+                    f"{stage}_epochs": float(epochs) if isinstance(epochs, (int, float))
+                    and not isinstance(epochs, bool) else None,
+                    f"{stage}_reason": s.get("reason") if isinstance(s.get("reason"), str) else None,
+                    f"{stage}_patience": _count(s.get("patience")),
+                    f"{stage}_converged": s.get("converged") if isinstance(s.get("converged"), bool) else None})
+    return out
+
+
 def _row(path: Path, r: dict) -> dict:
     metrics = r.get("metrics") or {}
     steps = r.get("steps") or {}
@@ -65,7 +91,7 @@ def _row(path: Path, r: dict) -> dict:
         "compute_s": sum(v for k, v in wall.items() if k not in ("total", "probes") and isinstance(v, (int, float)))
         or None,
         "pretrain_reused": pretrain.get("reused"), "code_version": r.get("code_version"),
-        "pretrain_val_acc": fraction(metrics.get("pretrain_val_acc")), **baselines(r),
+        "pretrain_val_acc": fraction(metrics.get("pretrain_val_acc")), **baselines(r), **stopping(r),
     }
 
 
