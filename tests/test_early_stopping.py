@@ -85,9 +85,11 @@ def test_matched_control_gets_spt_pretraining_steps_before_patience_may_stop_it(
     pre = ["pretrain.lr=1e-12", "pretrain.warmup_steps=0", "pretrain.max_steps=60", "pretrain.eval_every=4",
            "pretrain.patience=4", "pretrain.mask_ratio=0.15"]
     # The matched control first: it finds no cached pretraining, so it runs it (and spt reuses it).
-    matched = experiment.run(make_cfg(tiny("supervised_matched", *TINY_PRETRAIN, *FROZEN, *pre), tmp_path), tmp_path / "m")
+    matched_cfg = make_cfg(tiny("supervised_matched", *TINY_PRETRAIN, *FROZEN, *pre), tmp_path)
+    matched = experiment.run(matched_cfg, tmp_path / "m")
     spt = experiment.run(make_cfg(tiny("spt", *FROZEN, *pre), tmp_path), tmp_path / "spt")
-    assert spt["pretrain"]["reused"] and spt["stopping"]["pretrain"]["steps"] == 20 == spt["steps"]["pretrain"]
+    assert spt["pretrain"]["reused"]
+    assert spt["stopping"]["pretrain"]["steps"] == 20 == spt["steps"]["pretrain"]
     assert matched["matched"] == {"pretrain": 20, "finetune": 60, "total": 80}
     stop = matched["stopping"]["finetune"]
     # Frozen weights: alone, patience would stop it at step 15 (as supervised); matched, it may not stop

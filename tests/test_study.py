@@ -180,3 +180,30 @@ def test_study_preset_composes_each_backbone_with_its_own_settings(tmp_path, arc
     assert set(axes.recipe.split(",")) == {"supervised", "spt", "supervised_matched"}
     experiment.check_values(cfg, ("pretrain", "finetune"))
     assert cfg.finetune.max_steps == cfg.pretrain.max_steps and cfg.pretrain.inputs == "labelled"
+
+
+@pytest.mark.parametrize("task", ["digits", "listops"])
+def test_converged_study_preset_composes_its_design(tmp_path, task):
+    """experiment=study_cpu_converged: every backbone, every stage early-stopped, the search key declared
+    and swept for all backbones alike, and each task's own settings (conf/per_task/) applied."""
+    preset = OmegaConf.load(ROOT / "conf" / "experiment" / "study_cpu_converged.yaml")
+    axes = preset.hydra.sweeper.params
+    assert set(axes.arch.split(",")) == {"transformer", "s4d", "cnn", "s4", "mamba"}
+    assert set(axes.recipe.split(",")) == {"supervised", "spt", "supervised_matched"}
+    assert len(axes.seed.split(",")) >= 3 and {"0.1", "1.0"} <= set(axes["task.train_fraction"].split(","))
+    assert list(preset.search) == ["finetune.lr"] and len(axes["finetune.lr"].split(",")) >= 2
+    lrs = [float(v) for v in axes["finetune.lr"].split(",")]
+    assert min(lrs) < preset.pretrain.lr  # a fine-tuning lr below the pretraining lr is in the grid
+    for arch in ("transformer", "mamba"):
+        cfg = make_cfg(["experiment=study_cpu_converged", f"task={task}", f"arch={arch}", "recipe=spt"], tmp_path)
+        experiment.check_values(cfg, ("pretrain", "finetune"))
+        assert cfg.finetune.patience and cfg.pretrain.patience and cfg.arch.dropout == 0.1
+        assert cfg.pretrain.inputs == "labelled" and list(cfg.search) == ["finetune.lr"]
+        per_task = OmegaConf.load(ROOT / "conf" / "per_task" / "study_cpu_converged" / f"{task}.yaml")
+        assert cfg.finetune.eval_every == per_task.finetune.eval_every
+        assert cfg.pretrain.max_steps == per_task.pretrain.max_steps
+        if task == "listops":
+            assert cfg.task.n_train == 5000 and cfg.finetune.bucket_pool == 50
+    # search is recorded in the config but is no part of what a run computes
+    plain = experiment.resolve(cfg)
+    assert "search" not in experiment.hashed_config(plain, ("pretrain", "finetune"))
