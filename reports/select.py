@@ -36,7 +36,7 @@ UNUSED = "<unused>"  # runs of one configuration disagree on the key: it is not 
 NOT_SEARCHABLE = ("arch.name", "recipe.name", "task.name")  # what is compared, not tuned
 ROUND = 9  # val means equal to this many digits tie (float sums of the same accuracies can differ in the last bit)
 CSV_COLUMNS = ["task", "axis", "value", "arch", "recipe", "group_hash", "n", "val_acc_mean", "val_acc_std",
-               "selected"]
+               "val_acc_per_seed", "selected"]
 
 
 class SearchError(ValueError):
@@ -122,11 +122,18 @@ def choose(ok: pd.DataFrame, everyone: pd.DataFrame, keys: dict, axes: dict) -> 
         for grid in grids(cell, set(search) | {key}):
             info = {}
             for h in grid:
-                vals = [v for v in map(fraction, cell[cell.group_hash == h].val_acc) if v is not None]
+                runs = cell[cell.group_hash == h].sort_values("seed")
+                vals = [v for v in map(fraction, runs.val_acc) if v is not None]
                 s = pd.Series(vals, dtype=float)
+                # Each seed's best val accuracy, to show which seeds a mean stands on: "*" marks one not above
+                # the majority class (a run early stopping ended before it learned anything).
+                floor = pd.to_numeric(runs.get("majority_val_acc"), errors="coerce").max()
+                per_seed = ", ".join(f"{pct(v)}{'*' if pd.notna(floor) and v <= floor else ''}"
+                                     for v in map(fraction, runs.val_acc) if v is not None)
                 same = everyone[(everyone.task == task) & (everyone.group_hash == h)].path
                 info[h] = {"n": len(vals), "mean": s.mean() if vals else None,
-                           "std": s.std(ddof=1) if len(vals) > 1 else None, "values": values_of(same, search, configs)}
+                           "std": s.std(ddof=1) if len(vals) > 1 else None, "values": values_of(same, search, configs),
+                           "per_seed": per_seed}
 
             placed = [value_of.get(h) for h in grid]
             if not key or all(v is study.EVERYWHERE for v in placed):
@@ -149,6 +156,7 @@ def choose(ok: pd.DataFrame, everyone: pd.DataFrame, keys: dict, axes: dict) -> 
                     rows.append({"task": task, "axis": key or "", "value": shown, "arch": arch, "recipe": recipe,
                                  "group_hash": h, **info[h]["values"], "n": info[h]["n"],
                                  "val_acc_mean": info[h]["mean"], "val_acc_std": info[h]["std"],
+                                 "val_acc_per_seed": info[h]["per_seed"],
                                  "selected": h in chosen and (len(candidates) == 1 or bool(scored)),
                                  "_order": (i, *(order(info[h]["values"][k]) for k in search), h)})
     table = pd.DataFrame(rows, columns=[*CSV_COLUMNS[:6], *all_keys, *CSV_COLUMNS[6:], "_order"])
@@ -201,8 +209,12 @@ def blocks(table: pd.DataFrame, keys: dict, declared: bool) -> list:
             val = "–" if r["n"] == 0 else (f"{pct(r['val_acc_mean'])} ± {pct(r['val_acc_std'])}" if r["n"] > 1
                                           else f"{pct(r['val_acc_mean'])} (1 seed)")
             rows.append([r["arch"], r["recipe"], *([r["value"]] if key else []), *(text(r[k]) for k in keys[task]),
-                         r["group_hash"][:8], r["n"], val, "✓ selected" if r["selected"] else ""])
+                         r["group_hash"][:8], r["n"], val, r["val_acc_per_seed"] or "–",
+                         "✓ selected" if r["selected"] else ""])
         out += [("h3", f"{task}: configurations compared on validation"),
                 ("table", Table(["arch", "recipe", *([key] if key else []), *keys[task], "config", "n seeds",
-                                 "val acc (mean ± std)", "chosen"], rows))]
+                                 "val acc (mean ± std)", "per seed", "chosen"], rows))]
+    if table.val_acc_per_seed.str.contains("*", regex=False).any():
+        out.append(("p", "* a seed whose best validation accuracy is not above the majority class: its run ended "
+                    "(early stopping, or its cap) before it learned anything, and pulls its configuration's mean down."))
     return out

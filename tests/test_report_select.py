@@ -116,7 +116,7 @@ def test_selection_section_and_csv(grid):
         assert [table_row(grids, arch, "supervised", str(ft), "–")[-1] for ft in FT_LRS] == ["✓ selected", ""]
     sel = pd.read_csv(out / "selection.csv")
     assert list(sel.columns) == ["task", "axis", "value", "arch", "recipe", "group_hash", "finetune.lr", "pretrain.lr",
-                                 "n", "val_acc_mean", "val_acc_std", "selected"]
+                                 "n", "val_acc_mean", "val_acc_std", "val_acc_per_seed", "selected"]
     assert len(sel) == 12 and sel.selected.sum() == 4 and (sel.n == 3).all()
     assert set(sel[sel.recipe == "supervised"]["pretrain.lr"]) == {"<unused>"}
 
@@ -275,3 +275,22 @@ def test_convergence_section(tmp_path):
     assert cells.loc[("transformer", "supervised"), "finetune_by_cap"] == 1
     results = pd.read_csv(out / "results.csv")
     assert results.finetune_converged.notna().sum() == 8 and "pretrain_stop" in results
+
+
+def test_grid_shows_each_seed_and_marks_one_that_never_left_the_majority_class(tmp_path):
+    """A seed that early stopping ended at the majority class drags its configuration's mean down: the grid
+    shows every seed's validation accuracy and marks that one, so a reader sees what the choice stood on."""
+    floors = {"majority": {"val_acc": 0.1, "test_acc": 0.1}}
+    for lr, vals in ((1e-3, (0.9, 0.88, 0.1)), (1e-2, (0.8, 0.79, 0.81))):
+        group = ghash(f"lr{lr}")
+        for seed, val in enumerate(vals):
+            write(tmp_path, f"lr{lr}/seed{seed}", recipe="supervised", seed=seed, group_hash=group,
+                  config_hash=f"{group}-{seed}", metrics={"test_acc": 0.5, "val_acc": val}, baselines=floors,
+                  config=cfg(seed, "transformer", "supervised", lr, search=("finetune.lr",)))
+    out = tmp_path / "out"
+    assert main([str(tmp_path), "-o", str(out), *RUN]) == 0
+    grid = section((out / "report.md").read_text(), "configurations compared on validation", "\n## ")
+    assert table_row(grid, "transformer", "supervised", "0.001")[-2:] == ["90.00, 88.00, 10.00*", ""]
+    assert table_row(grid, "transformer", "supervised", "0.01")[-2:] == ["80.00, 79.00, 81.00", "✓ selected"]
+    assert "* a seed whose best validation accuracy is not above the majority class" in grid
+    assert pd.read_csv(out / "selection.csv").val_acc_per_seed.str.endswith("*").sum() == 1
