@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
 NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes", "logger", "search")
 # Stage settings added after runs were made: left out of the hash while null, so those runs keep their hashes.
-NEW_WHEN_SET = ("patience",)
+NEW_WHEN_SET = ("patience", "min_steps")
 
 
 @dataclass
@@ -191,7 +191,7 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             value = hp[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer")
-        for key in ("max_steps", "eval_every", "ckpt_every", "patience"):
+        for key in ("max_steps", "eval_every", "ckpt_every", "patience", "min_steps"):
             value = hp.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
                 raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer or null")

@@ -122,9 +122,9 @@ def pretrain(ctx, announce: bool = True):
 
     # The data itself (its digest covers source files and generator parameters), not the task
     # config; and no setting that cannot change the pretrained weights (checkpoint cadence).
-    # patience joins the key only when set, so pretrainings cached before it existed keep their keys.
+    # patience and min_steps join the key only when set, so pretrainings cached before it existed keep their keys.
     settings = {k: v for k, v in OmegaConf.to_container(hp, resolve=True).items()
-                if k != "ckpt_every" and not (k == "patience" and v is None)}
+                if k != "ckpt_every" and not (k in ("patience", "min_steps") and v is None)}
     # The label subset is part of the data pretraining sees (its fraction and seed fix its examples).
     subset = {"train_fraction": fraction, "data_seed": cfg.task.get("data_seed", 0)} if inputs == "labelled" else {}
     depends_on = {"format": checkpoint.FORMAT, "data": {**task.data_key(), **subset}, "vocab_size": spec.vocab_size,

@@ -16,8 +16,8 @@ walks the same global order and trains on its share of each batch, in micro-batc
 on the whole batch (see `accumulate`), metrics are summed over ranks, and rank 0 alone writes files.
 
 Early stopping: with `patience` = P, a stage stops after P validations in a row without improving its
-best score (`Stage.score`), never before step `no_stop_before`; otherwise it runs to its cap
-(`max_steps`, or `epochs`). The decision is a function of the logged validations alone, so a stage
+best score (`Stage.score`), never before step `min_steps` (or the caller's `no_stop_before`); otherwise
+it runs to its cap (`max_steps`, or `epochs`). The decision is a function of the logged validations alone, so a stage
 killed after its patience ran out resumes to the same stop. The summary says where it stopped and why.
 
 Files in `out_dir`: last.pt (full state, for resume), best.pt (weights of the best validation
@@ -221,6 +221,9 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     optim = torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
     better = (lambda a, b: a > b) if stage.score == "acc" else (lambda a, b: a < b)
     patience = hp.get("patience")
+    # min_steps: patience may not end the stage before it (a from-scratch model can sit at chance, or on a
+    # plateau, for longer than `patience` validations before it starts to learn).
+    no_stop_before = max(no_stop_before, int(hp.get("min_steps") or 0))
     log.info("stage %s: %d steps (%s), batch size %d, lr %g, warmup %d, validation every %d steps%s", stage.name,
              total, "max_steps" if hp.get("max_steps") else f"{hp.epochs} epochs of {steps_per_epoch}",
              hp.batch_size, hp.lr, warmup, eval_every,

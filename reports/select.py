@@ -215,6 +215,7 @@ def blocks(table: pd.DataFrame, keys: dict, declared: bool) -> list:
                 ("table", Table(["arch", "recipe", *([key] if key else []), *keys[task], "config", "n seeds",
                                  "val acc (mean ± std)", "per seed", "chosen"], rows))]
     if table.val_acc_per_seed.str.contains("*", regex=False).any():
-        out.append(("p", "* a seed whose best validation accuracy is not above the majority class: its run ended "
-                    "(early stopping, or its cap) before it learned anything, and pulls its configuration's mean down."))
+        out.append(("p", "* a seed whose best validation accuracy is not above the majority class: its run "
+                    "ended (early stopping, or its cap) before it learned anything, and pulls its configuration's "
+                    "mean down."))
     return out

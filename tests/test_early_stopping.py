@@ -96,3 +96,12 @@ def test_matched_control_gets_spt_pretraining_steps_before_patience_may_stop_it(
     # before step 20, so it stops at the first validation from there on: step 21.
     assert stop["cap"] == 80 and stop["steps"] == 21 and stop["reason"] == "patience"
     assert spt["stopping"]["finetune"]["steps"] == 15
+
+
+def test_min_steps_keeps_patience_from_ending_a_stage_early(tmp_path):
+    # Frozen weights: patience 4 alone stops at step 15 (validations every 3); min_steps=20 moves the stop to
+    # the first validation from step 20 on, where patience has long run out: step 21.
+    result = experiment.run(make_cfg(tiny("supervised", *FROZEN, "finetune.min_steps=20"), tmp_path), tmp_path / "r")
+    assert result["stopping"]["finetune"]["steps"] == 21 and result["stopping"]["finetune"]["reason"] == "patience"
+    with pytest.raises(ConfigError, match=r"finetune.min_steps=-1 must be a positive integer or null"):
+        experiment.run(make_cfg(tiny("supervised", "finetune.min_steps=-1"), tmp_path), tmp_path / "bad")
