@@ -30,14 +30,13 @@ from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
 from recipes.model import build_body, build_classifier, n_params, pooling_for
 from recipes.plugins import locate
 from recipes.spt import objective_for, pixel_loss_for
+from recipes.train import NEW_WHEN_SET
 from tasks.base import DataError, Task, label_fraction
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 # Keys that say where or how verbosely to run, not what is computed: left out of the config hash.
 NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes", "logger", "search")
-# Stage settings added after runs were made: left out of the hash while null, so those runs keep their hashes.
-NEW_WHEN_SET = ("patience", "min_steps")
 
 
 @dataclass

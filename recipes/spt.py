@@ -30,7 +30,7 @@ from recipes.model import TokenPredictor, build_body, pooling_for
 from recipes.objectives import mask_tokens, next_token_targets, pixel_l1_loss, token_loss
 from recipes.probes import Recorder
 from recipes.supervised import finetune
-from recipes.train import Stage, fit
+from recipes.train import NEW_WHEN_SET, Stage, fit
 
 STAGES = ("pretrain", "finetune")
 
@@ -124,7 +124,7 @@ def pretrain(ctx, announce: bool = True):
     # config; and no setting that cannot change the pretrained weights (checkpoint cadence).
     # patience and min_steps join the key only when set, so pretrainings cached before it existed keep their keys.
     settings = {k: v for k, v in OmegaConf.to_container(hp, resolve=True).items()
-                if k != "ckpt_every" and not (k in ("patience", "min_steps") and v is None)}
+                if k != "ckpt_every" and not (k in NEW_WHEN_SET and v is None)}
     # The label subset is part of the data pretraining sees (its fraction and seed fix its examples).
     subset = {"train_fraction": fraction, "data_seed": cfg.task.get("data_seed", 0)} if inputs == "labelled" else {}
     depends_on = {"format": checkpoint.FORMAT, "data": {**task.data_key(), **subset}, "vocab_size": spec.vocab_size,

@@ -48,6 +48,10 @@ from tasks.base import TokenSplit
 
 log = logging.getLogger(__name__)
 
+# Stage settings added after runs were made: left out of config hashes and pretraining keys while null, so
+# those runs and caches keep theirs (recipes/experiment.py, recipes/spt.py).
+NEW_WHEN_SET = ("patience", "min_steps")
+
 # loss_fn(model, ids, mask, labels) -> (loss, n correct, n counted); all on the model's device.
 LossFn = Callable[[nn.Module, Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
 

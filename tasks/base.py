@@ -169,8 +169,7 @@ class PixelEncoder(nn.Module):
 
     def __init__(self, levels: int, d_model: int, how: str = "linear"):
         super().__init__()
-        if how not in ("linear", "embed"):
-            raise ValueError(f"task.encoder={how!r} is not one of linear, embed")
+        check_encoder(how)
         self.levels, self.how = levels, how
         if how == "linear":
             self.proj = nn.Linear(2, d_model)
@@ -249,6 +248,15 @@ def check_sizes(**sizes) -> None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"task.{key}={value!r} must be a positive integer")
+
+
+PIXEL_ENCODERS = ("linear", "embed")
+
+
+def check_encoder(how) -> None:
+    """task.encoder of a pixel task: which PixelEncoder turns its pixels into vectors."""
+    if how not in PIXEL_ENCODERS:
+        raise ValueError(f"task.encoder={how!r} is not one of {', '.join(PIXEL_ENCODERS)}")
 
 
 def check_mask_ratio(value) -> None:

@@ -31,7 +31,7 @@ import logging
 
 import numpy as np
 
-from tasks.base import DataError, Task, TaskSpec, check_mask_ratio, check_sizes, ids_dataset
+from tasks.base import DataError, Task, TaskSpec, check_encoder, check_mask_ratio, check_sizes, ids_dataset
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +103,7 @@ class Digits(Task):
         wanted = n_val + n_test + (n_train or 0)
         if wanted > N_IMAGES:  # here, so that a bad size fails before any data is read
             raise ValueError(f"task.n_train + n_val + n_test = {wanted} exceeds the {N_IMAGES} digits images")
-        if encoder not in ("linear", "embed"):
-            raise ValueError(f"task.encoder={encoder!r} is not one of linear, embed")
+        check_encoder(encoder)
         self.sizes = {"n_train": n_train, "n_val": n_val, "n_test": n_test}
         self.data_seed, self.encoder_kind = data_seed, encoder
         self._data = None

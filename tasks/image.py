@@ -25,6 +25,7 @@ from tasks.base import (
     DataError,
     Task,
     TaskSpec,
+    check_encoder,
     check_mask_ratio,
     check_sizes,
     file_identity,
@@ -106,8 +107,7 @@ class Image(Task):
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"task.val_fraction={val_fraction} must be in (0, 1)")
         check_mask_ratio(mask_ratio)
-        if encoder not in ("linear", "embed"):
-            raise ValueError(f"task.encoder={encoder!r} is not one of linear, embed")
+        check_encoder(encoder)
         self.source, self.hub_name = source, hub_name
         self.data_dir = None if data_dir in (None, "") else Path(data_dir).expanduser()
         self.limits = {"train": n_train, "val": n_val, "test": n_test}  # seeded subsets; None = all

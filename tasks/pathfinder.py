@@ -39,6 +39,7 @@ from tasks.base import (
     DataError,
     Task,
     TaskSpec,
+    check_encoder,
     check_mask_ratio,
     check_sizes,
     file_identity,
@@ -219,8 +220,7 @@ class Pathfinder(Task):
         if difficulty not in DIFFICULTIES:
             raise ValueError(f"task.difficulty={difficulty!r} is not one of {', '.join(DIFFICULTIES)}")
         check_mask_ratio(mask_ratio)
-        if encoder not in ("linear", "embed"):
-            raise ValueError(f"task.encoder={encoder!r} is not one of linear, embed")
+        check_encoder(encoder)
         self.resolution, self.difficulty, self.data_seed = resolution, difficulty, data_seed
         self.sizes = {"train": n_train, "val": n_val, "test": n_test}
         self.encoder_kind = encoder
