@@ -8,6 +8,7 @@ with `hydra/launcher=slurm` or `submitit_local`, whose jobs run in other process
 Under torchrun every rank runs this file; ranks other than 0 write no Hydra files and no report.
 """
 
+import difflib
 import hashlib
 import logging
 import os
@@ -69,8 +70,8 @@ def check_group_choices(argv: list[str]) -> str | None:
         known = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
         for choice in value.split(","):
             if choice not in known:
-                return (f"unknown {group} '{choice}': choose one of {', '.join(known)} "
-                        f"(or add conf/{group}/{choice}.yaml)")
+                return (f"unknown {group} '{choice}': choose one of {', '.join(known)} (or add conf/{group}/"
+                        f"{choice}.yaml, or a config folder of your own: hydra.searchpath=[file://FOLDER])")
     return None
 
 
@@ -87,6 +88,64 @@ def check_launcher(argv: list[str]) -> str | None:
     return None
 
 
+def check_overrides(argv: list[str]) -> str | None:
+    """A misspelt key, or a word where a number goes, as one line with exit status 2 before Hydra makes
+    a run folder (Hydra itself prints a multi-line message and exits 1). The command's overrides are
+    composed once here, a sweep by the first value of each swept key. Anything this check cannot judge
+    (config folders of the user's own, flags, a failure that is not a composition error) is left to Hydra."""
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in overrides):  # --config-dir, --cfg, --help, ...: Hydra's business
+        return None
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        first = [f"{o.get_key_element()}={next(o.sweep_string_iterator())}" if o.is_sweep_override()
+                 else o.input_line for o in parsed]
+    except OverrideParseException as exc:
+        return f"cannot read the override: {str(exc).splitlines()[0]}"
+    except Exception:  # e.g. an interval sweep (an optimizer's range): no first value to try
+        return None
+    groups = [line for o, line in zip(parsed, first) if "/" in o.key_or_group or o.key_or_group in GROUPS]
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            base = compose("config", groups)  # the defaults of the chosen arch, task, ...: the types to expect
+            cfg = compose("config", first)
+    except ConfigCompositionException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key:
+            key = cause.full_key
+            leaves = _leaf_keys(OmegaConf.to_container(base))
+            siblings = [k for k in leaves if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0]]
+            close = difflib.get_close_matches(key, siblings or leaves, n=1)
+            hint = f": did you mean {close[0]}?" if close else ""
+            return f"unknown key {key}{hint} (a key that is not in the config is added with +{key}=...)"
+        return None  # let Hydra say it in full
+    except Exception:
+        return None
+    for o, line in zip(parsed, first):
+        key = o.key_or_group
+        if o.type.name != "CHANGE" or "/" in key or key in GROUPS or key.startswith("hydra."):
+            continue
+        default = OmegaConf.select(base, key, default=None)
+        value = OmegaConf.select(cfg, key, default=None, throw_on_resolution_failure=False)
+        numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
+        if numeric and isinstance(value, str) and not line.partition("=")[2].startswith("${"):
+            return f"{key}={value!r} must be a number (its default is {default})"
+    return None
+
+
+def _leaf_keys(node: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in node.items():
+        keys += _leaf_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}"]
+    return keys
+
+
 def check_output_folder(argv: list[str]) -> str | None:
     """An output folder that cannot be written, as one line: Hydra creates it before main() runs
     and would fail with a traceback."""
@@ -101,6 +160,14 @@ def check_output_folder(argv: list[str]) -> str | None:
     return None
 
 
+def to_run_log(message: str) -> None:
+    """`message` into the job's run.log (Hydra's file handler) only, not again on the console."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
@@ -113,9 +180,9 @@ def main(cfg: DictConfig) -> None:
     multirun = hc.mode == RunMode.MULTIRUN  # in a sweep, one bad job must not stop the others
     try:
         with guard.sigterm_saves():  # a preempted run saves a checkpoint, then exits 143
-            experiment.run(cfg, Path(hc.runtime.output_dir))
+            experiment.run(cfg, Path(hc.runtime.output_dir), keep_refused=multirun)  # a sweep's report lists it
     except USER_ERRORS as exc:
-        log.error("%s", exc)
+        to_run_log(str(exc))  # for a sweep's report (reports/load.py: last_error); the terminal gets it once
         print(f"error: {exc}", file=sys.stderr)
         if not multirun:
             sys.exit(2)
@@ -145,7 +212,8 @@ if __name__ == "__main__":
         from bench import plan
 
         sys.exit(plan.main([a for a in sys.argv[1:] if a not in ("--dry-run", "-m", "--multirun")]))
-    problem = check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:]) or check_output_folder(sys.argv[1:])
+    problem = (check_group_choices(sys.argv[1:]) or check_launcher(sys.argv[1:]) or check_overrides(sys.argv[1:])
+               or check_output_folder(sys.argv[1:]))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,8 @@
         --throughput runs/bench/throughput-cuda.json
 
 Lists every run of the grid (comma lists on the command line, and a preset's hydra.sweeper.params)
-with its parameter count, optimizer steps per stage and an estimated GPU-hour figure, then the total.
+with its parameter count, optimizer steps per stage and an estimated time in hours on the device that
+was measured (GPU hours from a GPU's --throughput file; CPU or GPU hours with --measure), then the total.
 Each configuration is composed, checked and its model built as a run would (recipes.experiment),
 without preparing any data, so a grid that would fail says so here first.
 
@@ -14,7 +15,9 @@ padded batches are close to it at LRA lengths) / training tokens per second, fro
   use; tokens/s at the run's length is interpolated log-log between measured lengths, then scaled by
   the measured model's backbone size over the run's (per-token work grows with the weights), or
 - `--measure`: a few timed training steps of each distinct backbone at its own batch and length on
-  --device (bench.throughput's measurement), slower to plan but no scaling.
+  the run's own device (its `device` setting: a GPU where one answers, else the CPU; --device overrides
+  it), with bench.throughput's measurement: slower to plan but no scaling.
+Overrides and flags may come in any order.
 Validation passes, data preparation and checkpoints are not counted: read the figure as a lower bound.
 """
 
@@ -133,6 +136,7 @@ def measured_rate(cfg, length: int, batch: int, device: str, cache: dict) -> flo
 
 
 def plan(overrides: list[str], rows: list[dict] | None, measure_on: str | None) -> list[dict]:
+    """-> one row per run. measure_on: None (rates from `rows`), "run" (each run's own device), cpu, cuda."""
     from recipes import experiment
     from recipes.model import n_params
 
@@ -150,30 +154,33 @@ def plan(overrides: list[str], rows: list[dict] | None, measure_on: str | None) 
         steps = stage_steps(cfg, recipe.STAGES, train_examples(cfg), spec.dual)
         length = spec.max_len
         seconds = 0.0
+        device = (experiment.pick_device(cfg.device).type if measure_on == "run" else measure_on) or "cuda"
         for stage, n in steps.items():
             batch = int(cfg[stage].batch_size)
             tokens = batch * length * (2 if spec.dual and stage == "finetune" else 1)
             if measure_on:
-                rate = measured_rate(cfg, length, batch, measure_on, cache)
+                rate = measured_rate(cfg, length, batch, device, cache)
             else:
                 rate = bench_rate(rows, cfg.arch.name, length, backbone) if rows else None
             seconds = None if rate is None or seconds is None else seconds + n * tokens / rate
         out.append({"task": cfg.task.name, "arch": cfg.arch.name, "recipe": cfg.recipe.name, "seed": cfg.seed,
                     "params": params, "length": length, "steps": steps,
-                    "gpu_hours": None if seconds is None else seconds / 3600})
+                    "hours": None if seconds is None else seconds / 3600, "on": "GPU" if device == "cuda" else "CPU"})
     return out
 
 
 def render(runs: list[dict]) -> str:
-    lines = ["| task | arch | recipe | seed | params | L | steps (pretrain + finetune) | est. GPU-h |",
+    on = sorted({r["on"] for r in runs}) or ["GPU"]
+    unit = f"{'/'.join(on)} hours"
+    lines = [f"| task | arch | recipe | seed | params | L | steps (pretrain + finetune) | est. {unit} |",
              "|---|---|---|---|---|---|---|---|"]
     for r in runs:
         steps = " + ".join(f"{r['steps'][s]:,}" for s in ("pretrain", "finetune") if s in r["steps"])
-        hours = "—" if r["gpu_hours"] is None else f"{r['gpu_hours']:,.1f}"
+        hours = "—" if r["hours"] is None else f"{r['hours']:,.2g}" if r["hours"] < 0.1 else f"{r['hours']:,.1f}"
         lines.append(f"| {r['task']} | {r['arch']} | {r['recipe']} | {r['seed']} | {r['params']:,} | {r['length']:,} "
                      f"| {steps} | {hours} |")
-    known = [r["gpu_hours"] for r in runs if r["gpu_hours"] is not None]
-    total = f"{sum(known):,.1f} GPU-h" + ("" if len(known) == len(runs) else f" for the {len(known)} estimated")
+    known = [r["hours"] for r in runs if r["hours"] is not None]
+    total = f"{sum(known):,.2f} {unit}" + ("" if len(known) == len(runs) else f" for the {len(known)} estimated")
     lines.append(f"\n{len(runs)} runs; {total if known else 'no estimate: pass --throughput FILE or --measure'}")
     return "\n".join(lines)
 
@@ -182,10 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("overrides", nargs="*", help="as for run.py, e.g. experiment=lra_listops arch=s4,cnn seed=0,1,2")
     ap.add_argument("--throughput", type=Path, help="a bench.throughput JSON (e.g. runs/bench/throughput-cuda.json)")
-    ap.add_argument("--measure", action="store_true", help="time a few training steps of each backbone on --device")
-    ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    ap.add_argument("--measure", action="store_true",
+                    help="time a few training steps of each backbone on the run's device (or --device)")
+    ap.add_argument("--device", choices=["cpu", "cuda"], help="with --measure: measure here, not on the run's device")
     ap.add_argument("--out", type=Path, help="also write the runs as JSON here")
-    args = ap.parse_args(argv)
+    args = ap.parse_intermixed_args(argv)  # overrides before, after or between the flags
     from recipes.errors import USER_ERRORS
 
     rows = None
@@ -203,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                   "--throughput FILE", file=sys.stderr)
             return 2
     try:
-        runs = plan([o for o in args.overrides if o != "-m"], rows, args.device if args.measure else None)
+        runs = plan([o for o in args.overrides if o != "-m"], rows, (args.device or "run") if args.measure else None)
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

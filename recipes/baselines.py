@@ -120,6 +120,7 @@ def cached(splits: dict, spec, data_key: dict, cache_dir: Path) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_json(path, {"depends_on": depends_on, "baselines": result})
     of = result["order_free"]
+    unigram = result["unigram"]["val_acc"]
     log.info("baselines: majority %.4f, order-free (token counts) %.4f test, unigram masked-token floor %s",
-             result["majority"]["test_acc"], of["test_acc"], result["unigram"]["val_acc"])
+             result["majority"]["test_acc"], of["test_acc"], "n/a" if unigram is None else f"{unigram:.4f}")
     return result

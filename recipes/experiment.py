@@ -12,21 +12,25 @@ import hashlib
 import importlib
 import json
 import logging
+import os
 import platform
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from filelock import FileLock, Timeout
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from archs.base import is_causal
 from recipes import baselines, checkpoint, compute, distributed, export, guard, probes, track
-from recipes.errors import ConfigError, TrainingDiverged, root_cause, unwritable
+from recipes.errors import USER_ERRORS, ConfigError, TrainingDiverged, root_cause, unwritable
 from recipes.model import build_body, build_classifier, n_params, pooling_for
 from recipes.plugins import locate
 from recipes.spt import objective_for, pixel_loss_for
@@ -107,6 +111,12 @@ def resolve(cfg: DictConfig) -> dict:
     return plain
 
 
+def bars(cfg: DictConfig) -> bool:
+    """Progress bars: where `progress` asks for them and a terminal shows them. Redirected to a file,
+    their carriage returns would glue each bar to the next log line."""
+    return bool(cfg.progress) and sys.stderr.isatty()
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -147,7 +157,7 @@ def check_model(cfg: DictConfig, task: Task, stages: tuple[str, ...]) -> int:
     causal = is_causal(body.backbone)
     model = build_classifier(body, cfg.arch.d_model, task.spec, pooling_for(cfg.model, causal))
     if "pretrain" in stages:
-        objective_for(cfg.pretrain.objective, causal)
+        objective_for(cfg.pretrain.objective, causal, cfg.arch)
         pixel_loss_for(cfg.pretrain.get("pixel_loss"), task.spec)
     return n_params(model)
 
@@ -190,6 +200,9 @@ def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
             value = hp[key]
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer")
+        pool = hp.get("bucket_pool", 0)
+        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
+            raise ConfigError(f"{stage}.bucket_pool={pool!r} must be a whole number of batches >= 0 (0 = off)")
         for key in ("max_steps", "eval_every", "ckpt_every", "patience", "min_steps"):
             value = hp.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
@@ -238,9 +251,69 @@ def hashed_config(plain: dict, stages: tuple[str, ...]) -> dict:
     return hashed
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one configuration in `run_dir`; return the result dict that was written."""
+class FolderBusy(ConfigError):
+    """Another process is running in this run folder (the same command started twice)."""
+
+
+# What Hydra puts in a job folder before main() runs, and the run's lock: a folder holding only these
+# holds nothing a rerun needs.
+HYDRA_ONLY = {".hydra", "run.log", ".lock"}
+
+
+def holds_nothing(run_dir: Path, log_empty: bool = False) -> bool:
+    """Whether `run_dir` holds only Hydra's files (and, with `log_empty`, an empty run.log: made by
+    this command, which has not logged yet)."""
+    entries = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+    log_file = run_dir / "run.log"
+    return entries <= HYDRA_ONLY and not (log_empty and log_file.is_file() and log_file.stat().st_size)
+
+
+def run(cfg: DictConfig, run_dir: Path, keep_refused: bool = False) -> dict:
+    """Run one configuration in `run_dir`; return the result dict that was written.
+
+    One process at a time per folder: a second copy of the same command is refused in one line
+    (FolderBusy), never trains the folder twice. A command refused for a mistake of the user's before it
+    wrote anything leaves no folder behind, so that reports never count it as an unfinished run; with
+    `keep_refused` (a sweep's job) the folder stays, so that the sweep's report lists the job and why."""
     run_dir = Path(run_dir)
+    if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 holds the folder for its process group
+        return execute(cfg, run_dir)
+    made_here = holds_nothing(run_dir, log_empty=True)
+    lock = FileLock(str(run_dir / ".lock"))
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise FolderBusy(f"{run_dir} is in use by another process running the same configuration: wait for it "
+                         "to finish (then this command finds the result), or run this one elsewhere with "
+                         "out_root=... or hydra.run.dir=...") from None
+    except OSError:
+        lock = None  # an unwritable folder: execute() says so in one line
+    try:
+        return execute(cfg, run_dir)
+    except USER_ERRORS:
+        if made_here and not keep_refused and holds_nothing(run_dir):
+            if lock is not None:
+                lock.release()
+                lock = None
+            remove_rejected(run_dir, Path(str(cfg.get("out_root") or run_dir.parent)).resolve())
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def remove_rejected(run_dir: Path, out_root: Path) -> None:
+    """Delete a refused run's folder, and the levels above it that held only it, up to out_root."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    folder = run_dir.resolve().parent
+    while folder != out_root and out_root in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent
+
+
+def execute(cfg: DictConfig, run_dir: Path) -> dict:
+    """run()'s work, under its lock."""
     started = time.perf_counter()
     plain = resolve(cfg)
     recipe = recipe_module(cfg.recipe.name)
@@ -258,6 +331,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     head = {"task": cfg.task.name, "arch": cfg.arch.name, "recipe": cfg.recipe.name, "seed": cfg.seed,
             "config_hash": config_hash, "group_hash": digest(seedless)}
 
+    # The task and its data source first: a missing data folder is said as such, not as a clash with a
+    # finished run in the folder this command would use.
+    task = build_task(cfg.task)
+    task.data_key()  # cheap (parameters, or the source files' names and sizes); raises DataError when absent
+
     result_path = run_dir / "result.json"
     identity = {"config_hash": config_hash, "config": hashed}
     wanted = probes.settings(cfg)
@@ -265,8 +343,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if old is not None:
         if old.get("config_hash") != config_hash:
             raise ConfigError(f"{run_dir} holds a run of another configuration "
-                              f"({checkpoint.describe_diff(old.get('config', {}), plain)}); "
-                              "pick another folder with hydra.run.dir=... or delete it")
+                              f"({checkpoint.describe_diff(old.get('config', {}), plain)}): give this one its "
+                              "own folder with out_root=... or hydra.run.dir=... (or delete that folder, if its "
+                              "result is not needed)")
         if old.get("status") == "ok":
             log.info("already complete: %s (test_acc %.4f); delete it to rerun", result_path,
                      old["metrics"]["test_acc"])
@@ -277,10 +356,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
     device = distributed.setup(pick_device(cfg.device))  # this rank's GPU under torchrun
     how = compute.resolve(cfg.compute, device)
-    task = build_task(cfg.task)
     if hashed.get("finetune", {}).get("init_from"):  # a body for another vocabulary: refused before the data
         export.check_vocab(export.read(cfg.finetune.init_from)[0], cfg.finetune.init_from, task.spec)
-    task.progress = bool(cfg.progress)  # its data preparation's bars (tasks.base.Task.progress)
+    task.progress = bars(cfg)  # its data preparation's bars (tasks.base.Task.progress)
     cache_dir = Path(cfg.cache_dir)
     for folder, option in ((run_dir, "out_root (or hydra.run.dir)"), (cache_dir, "cache_dir")):
         problem = unwritable(folder)
@@ -295,12 +373,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         floors = baselines.cached(splits, task.spec, task.data_key(), cache_dir) if cfg.get("baselines", True) \
             else None
         ctx = Context(cfg=cfg, task=task, splits=splits, run_dir=run_dir, cache_dir=cache_dir, device=device,
-                      seed=cfg.seed, identity=identity, progress=cfg.progress,
+                      seed=cfg.seed, identity=identity, progress=bars(cfg),
                       compute=how, full_train=full_train)
         out = recipe.run(ctx)
         if floors is not None:
             out["baselines"] = floors
-    except (ConfigError, DataError, checkpoint.CheckpointError, KeyboardInterrupt):  # also guard.Preempted
+    except KeyboardInterrupt:  # also guard.Preempted: the rerun resumes, and counts this attempt's time
+        track.finish(None)
+        record_attempt(run_dir, time.perf_counter() - started)
+        raise
+    except (ConfigError, DataError, checkpoint.CheckpointError):
         track.finish(None)
         raise
     except TrainingDiverged as exc:
@@ -309,7 +391,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     except Exception as exc:
         track.finish(write_failed(result_path, base, f"{type(exc).__name__}: {exc}", started))
         raise
-    out["wall_time_s"]["total"] = round(time.perf_counter() - started, 3)
+    out["wall_time_s"] = account_time(out["wall_time_s"], (out.get("pretrain") or {}).get("reused", False),
+                                      run_dir, time.perf_counter() - started)
     result = {**base, "status": "ok", "reason": None, **out,
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if distributed.is_main():  # under torchrun, one process writes
@@ -325,7 +408,7 @@ def add_probes(cfg: DictConfig, run_dir: Path, result: dict, identity: dict) -> 
     gets them from its checkpoints, and its result.json is rewritten with them."""
     device = pick_device(cfg.device)
     task = build_task(cfg.task)
-    task.progress = bool(cfg.progress)
+    task.progress = bars(cfg)
     splits = task.splits(Path(cfg.cache_dir))
     try:
         result = probes.backfill(cfg, task, splits, run_dir, result, identity, device)
@@ -338,9 +421,35 @@ def add_probes(cfg: DictConfig, run_dir: Path, result: dict, identity: dict) -> 
     return result
 
 
+# Seconds of this folder's earlier attempts that ended without a result (interrupted, preempted, failed):
+# the result's total counts them, so that a resumed run's time is the time it took.
+ATTEMPTS = "attempts.json"
+
+
+def record_attempt(run_dir: Path, seconds: float) -> None:
+    if distributed.is_main():
+        past = (checkpoint.read_intact(run_dir / ATTEMPTS) or {}).get("seconds", [])
+        checkpoint.write_json(run_dir / ATTEMPTS, {"seconds": [*past, round(seconds, 3)]})
+
+
+def account_time(wall: dict, reused_pretraining: bool, run_dir: Path, this_attempt: float) -> dict:
+    """result.json's wall_time_s: each stage's own seconds over all its attempts (a pretraining reused
+    from the cache at what it cost when it ran), the probes', `overhead` (everything else this run did:
+    preparing data, building, testing; over all attempts) and `total`, their sum, each counted once.
+    A killed attempt (SIGKILL) records nothing: its stage time up to the last checkpoint still counts,
+    and the overhead is then a lower bound (never negative)."""
+    earlier = sum((checkpoint.read_intact(run_dir / ATTEMPTS) or {}).get("seconds", []))
+    stages = {k: v for k, v in wall.items() if k in ("pretrain", "finetune")}
+    probed = wall.get("probes", 0.0)
+    own = sum(v for k, v in stages.items() if not (k == "pretrain" and reused_pretraining))
+    overhead = max(0.0, earlier + this_attempt - own - probed)
+    return {**wall, "overhead": round(overhead, 3), "total": round(sum(stages.values()) + probed + overhead, 3)}
+
+
 def write_failed(path: Path, base: dict, reason: str, started: float, **extra) -> dict:
-    """Write (on rank 0) and return a failed run's result."""
+    """Write (on rank 0) and return a failed run's result; its attempt's time is counted by the rerun."""
     log.error("run failed: %s", reason)
+    record_attempt(path.parent, time.perf_counter() - started)
     failed = {**base, "status": "failed", "reason": reason, **extra,
               "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
               "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -50,14 +50,18 @@ def pretrain_split(ctx):
     return inputs, ctx.full_train if inputs == "all_train" and ctx.full_train is not None else ctx.splits["train"]
 
 
-def objective_for(requested: str, causal: bool) -> str:
+def objective_for(requested: str, causal: bool, arch=None) -> str:
+    """The pretraining objective for a backbone of this direction. `arch` (its config), when given,
+    names the backbone's own direction option in the hint."""
     if requested not in OBJECTIVES:
         raise ConfigError(f"pretrain.objective={requested!r} is not one of {', '.join(OBJECTIVES)}")
     if requested == "auto":
         return "ntp" if causal else "mlm"
     if requested == "ntp" and not causal:
+        option = {"causal": "arch.causal=true", "bidirectional": "arch.bidirectional=false"}
+        fix = next((option[k] for k in option if arch is not None and k in arch), "a causal backbone")
         raise ConfigError("pretrain.objective=ntp needs a causal backbone (a bidirectional one sees the "
-                          "token it must predict); set arch.causal=true or objective=mlm")
+                          f"token it must predict): set {fix}, or pretrain.objective=mlm")
     if requested == "mlm" and causal:
         raise ConfigError("pretrain.objective=mlm with a causal backbone: position t cannot see the context "
                           "after it; use objective=ntp (or auto), or a bidirectional backbone")
@@ -112,7 +116,7 @@ def pretrain(ctx, announce: bool = True):
     if announce:
         ctx.announce(body)
     causal = is_causal(body.backbone)
-    objective = objective_for(hp.objective, causal)
+    objective = objective_for(hp.objective, causal, cfg.arch)
     pixel_loss = pixel_loss_for(hp.get("pixel_loss"), spec)
     pooling_for(cfg.model, causal)  # a bad pooling must fail now, not after hours of pretraining
     inputs, pretrain_on = pretrain_split(ctx)

@@ -280,6 +280,8 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
         })
 
     started = time.perf_counter() - elapsed
+    # This attempt's first step and time so far: the stage's estimate times only this attempt's steps.
+    first_step, estimated, elapsed_before = step, False, elapsed
     model.train()
     ddp = distributed.wrap(model)  # shares model's parameters; evaluation and checkpoints use model itself
     train_model = torch.compile(ddp) if compute.compile else ddp
@@ -357,6 +359,12 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
             bar.set_postfix(val_loss=f"{metrics['loss']:.3f}", val_acc=f"{metrics['acc']:.3f}")
             log.info("%s step %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f", stage.name, step, total,
                      row["train_loss"], metrics["loss"], metrics["acc"])
+            if not estimated and step < total:  # the stage's cost, once its steps and a validation were timed
+                estimated = True
+                per_step = (time.perf_counter() - started - elapsed_before) / (step - first_step)
+                log.info("stage %s: about %s more to the cap of %d steps (%.3g s per step, validations included)%s",
+                         stage.name, clock(per_step * (total - step)), total, per_step,
+                         "; early stopping may end it sooner" if patience else "")
             if best is None or better(metrics[stage.score], best[stage.score]):
                 best, best_step = metrics, step
                 if main:
@@ -384,6 +392,16 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     if main:
         checkpoint.write_json(done_path, summary)
     return summary
+
+
+def clock(seconds: float) -> str:
+    """A duration as a person reads it: 45 s, 3 min 20 s, 2 h 05 min."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
 def write_log(path: Path, rows: list[dict]) -> None:

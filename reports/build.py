@@ -159,8 +159,10 @@ def intro(runs: pd.DataFrame, ok, repeated, bad, table, n_boot: int, seed: int, 
               ("p", f"Runs read from {where}. Accuracies are test accuracy in %, gaps and gains in percentage "
                f"points. Spread: sample std over seeds; 95% CI: percentile bootstrap over seeds ({n_boot} resamples, "
                f"seed {seed}). A cell with one seed has no spread and no CI. Budget: params = parameters of the "
-               "fine-tuned model (encoder, backbone, head); wall time = seconds of all stages, mean over seeds (a "
-               "pretraining reused from the cache counts what it cost when it ran); config = the configuration hash "
+               "fine-tuned model (encoder, backbone, head); wall time = result.json's wall_time_s.total, mean over "
+               "seeds: stages, probes and overheads over all of a run's attempts (a pretraining reused from the "
+               "cache counts what it cost when it ran; runs recorded before overheads were counted: their stages "
+               "only); config = the configuration hash "
                "without the seed (runs are only averaged within one).")]
     summary = (f"{len(runs)} runs: {len(ok)} counted, "
                + (f"{unselected} in configurations not selected on validation (see Hyperparameter selection), "

@@ -85,11 +85,11 @@ def _row(path: Path, r: dict) -> dict:
         "impl": r.get("impl"), "test_acc": metrics.get("test_acc"), "val_acc": metrics.get("val_acc"),
         "params": (r.get("params") or {}).get("total"), "pretrain_steps": steps.get("pretrain", 0),
         "finetune_steps": steps.get("finetune"),
-        # Compute spent on this result: every stage's own time, a reused pretraining at what it cost
-        # when it ran, so a cached stage does not make SPT look cheap. `total` is this process only;
-        # `probes` is measurement, not training (and absent from runs probed after the fact).
-        "compute_s": sum(v for k, v in wall.items() if k not in ("total", "probes") and isinstance(v, (int, float)))
-        or None,
+        # Time spent on this result: result.json's total (stages, probes and overhead over all attempts, a
+        # reused pretraining at what it cost when it ran, so a cached stage does not make SPT look cheap).
+        # Files written before `overhead` existed held this process's time in `total`: their stages only.
+        "compute_s": wall.get("total") if "overhead" in wall else
+        sum(v for k, v in wall.items() if k not in ("total", "probes") and isinstance(v, (int, float))) or None,
         "pretrain_reused": pretrain.get("reused"), "code_version": r.get("code_version"),
         "pretrain_val_acc": fraction(metrics.get("pretrain_val_acc")), **baselines(r), **stopping(r),
     }

@@ -51,7 +51,8 @@ def test_plan_counts_steps_and_hours_as_the_runs_will(tmp_path):
     cfg = plan.compose(["experiment=lra_listops", "arch=s4"])
     backbone = n_params(experiment.build_body(cfg, experiment.build_task(cfg.task)).backbone)
     rate = 1e6 * 800_000 / backbone
-    assert s4["spt"]["gpu_hours"] == pytest.approx((pre * 50 + fine * 32) * 2000 / rate / 3600)
+    assert s4["spt"]["on"] == "GPU"  # a GPU's throughput file: GPU hours
+    assert s4["spt"]["hours"] == pytest.approx((pre * 50 + fine * 32) * 2000 / rate / 3600)
     assert "| listops | cnn | spt | 0 |" in plan.render(runs)
 
 
@@ -85,8 +86,19 @@ def test_measure_times_each_distinct_backbone_once(monkeypatch):
 
     monkeypatch.setattr(bench.throughput, "_measure", counted)
     runs = plan.plan(["arch=cnn", "recipe=supervised", "seed=0,1", "finetune.epochs=1", "finetune.batch_size=8",
-                      "task.max_length=40", "task.n_train=64"], None, "cpu")
-    assert len(runs) == 2 and all(r["gpu_hours"] > 0 for r in runs)
+                      "task.max_length=40", "task.n_train=64"], None, "run")  # the run's device: this CPU
+    assert len(runs) == 2 and all(r["hours"] > 0 and r["on"] == "CPU" for r in runs)
+    assert "est. CPU hours" in plan.render(runs) and "GPU" not in plan.render(runs)
     assert runs[0]["steps"] == {"finetune": 8}
     assert len(calls) == 1 and calls[0][:3] == ("cnn", 40, 8 * 40)  # the run's own batch and length
     assert "kernel_size=7" in calls[0][3]  # the run's arch settings, not conf/arch's alone
+
+
+def test_dry_run_measure_takes_overrides_after_the_flags_and_says_cpu_hours(monkeypatch, capsys):
+    import bench.throughput
+
+    monkeypatch.setattr(bench.throughput, "_measure", lambda arch, length, args: {"tokens_per_s": 1e4})
+    assert plan.main(["--measure", "arch=cnn", "recipe=supervised", "--out", "/dev/null", "finetune.epochs=1",
+                      "task.n_train=64", "finetune.batch_size=8"]) == 0
+    out = capsys.readouterr().out
+    assert "| listops | cnn | supervised | 0 |" in out and "CPU hours" in out and "GPU" not in out

@@ -29,9 +29,15 @@ def test_the_log_names_the_run_its_size_implementation_and_stages(tmp_path, capl
     assert capsys.readouterr().err == ""  # progress=false: no bar, not even the data generator's
 
 
-def test_progress_true_shows_the_bars_progress_false_hides(tmp_path, capsys):
-    """The other half of the check above: the bars exist, so their absence means something."""
+def test_progress_true_shows_the_bars_on_a_terminal_and_never_in_a_file(tmp_path, capsys, monkeypatch):
+    """The other half of the check above: the bars exist, so their absence means something; and output
+    redirected to a file gets none (their carriage returns would glue them to the log lines)."""
+    import sys
+
     overrides = ["arch=cnn", "recipe=supervised", "progress=true", *SHORT]
-    experiment.run(make_cfg(overrides, tmp_path), tmp_path / "run")
+    experiment.run(make_cfg(overrides, tmp_path), tmp_path / "file")  # pytest's capture is no terminal
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    experiment.run(make_cfg(overrides, tmp_path), tmp_path / "terminal")
     err = capsys.readouterr().err
-    assert "generate listops" in err and "finetune" in err
+    assert "finetune" in err and "%|" in err
