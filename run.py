@@ -173,7 +173,8 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from recipes import experiment, guard
+    from recipes import experiment
+    from recipes.engine import guard
     from recipes.errors import USER_ERRORS, TrainingDiverged
 
     hc = HydraConfig.get()

@@ -1,7 +1,7 @@
 """The backbone contract as checks, for built-in backbones and plugins alike.
 
-tests/test_backbones.py runs them on every conf/arch/*.yaml; `python -m archs.check PATH.yaml` runs
-them on YAMLs anywhere (archs/check.py). Each check takes `make(seed) -> backbone` (width D, built
+tests/test_backbones.py runs them on every conf/arch/*.yaml; `python -m recipes.check_arch PATH.yaml` runs
+them on YAMLs anywhere (recipes/check_arch.py). Each check takes `make(seed) -> backbone` (width D, built
 for sequences up to MAX_LEN, in eval mode, its weights drawn under `seed`) and whether its config
 declares it causal, and raises CheckFailed with one line saying what is wrong.
 """
@@ -167,7 +167,7 @@ def learns_a_small_task(make: Make, causal: bool) -> None:
     """Above 0.6 accuracy (chance 0.25) after 300 AdamW steps on first_token_batch."""
     model = Probe(make(0), vocab=9, n_classes=4).train()
     # One group per parameter, with the optimizer hints a backbone attaches (`param._optim`), as
-    # recipes.train.param_groups reads them (without weight decay here).
+    # recipes.engine.loop.param_groups reads them (without weight decay here).
     opt = torch.optim.AdamW([{"params": [p], "lr": 3e-3, "weight_decay": 0.0, **getattr(p, "_optim", {})}
                              for p in model.parameters() if p.requires_grad])
     gen = torch.Generator().manual_seed(0)

@@ -77,7 +77,7 @@ def block_attention(q: Tensor, k: Tensor, v: Tensor, key_real: Tensor | None, bl
 class Attention(nn.Module):
     """Multi-head self-attention, over all positions or in blocks (`block_size`).
 
-    The probe hook (recipes/probes.py): with `keep_weights = True` the forward materialises the
+    The probe hook (recipes/extras/probes.py): with `keep_weights = True` the forward materialises the
     attention probabilities, uses them for its output (the same result as the fused kernel, up to
     rounding) and keeps them in `self.weights` (B, H, L, L), rows = queries. Any attention module of
     a plugin that offers the same two attributes gets the attention probes."""

@@ -84,9 +84,9 @@ def train_examples(cfg) -> int:
 
 
 def stage_steps(cfg, stages: tuple[str, ...], n_train: int, dual: bool) -> dict[str, int]:
-    """Optimizer steps per stage, as recipes/train.py counts them; the compute-matched control takes
+    """Optimizer steps per stage, as recipes/engine/loop.py counts them; the compute-matched control takes
     spt's two stages' steps at the finetune settings."""
-    from recipes.train import total_steps
+    from recipes.engine.loop import total_steps
 
     docs = 2 * n_train if dual else n_train  # pretraining reads each document of a pair alone
     steps = {}
@@ -117,7 +117,7 @@ def measured_rate(cfg, length: int, batch: int, device: str, cache: dict) -> flo
     """Tokens/s of a few training steps of this backbone at (batch, length) on `device`."""
     from omegaconf import OmegaConf
 
-    from bench.throughput import _measure
+    from bench.throughput import time_steps
 
     arch = OmegaConf.to_container(cfg.arch, resolve=True)
     key = (json.dumps(arch, sort_keys=True), length, batch)
@@ -128,7 +128,7 @@ def measured_rate(cfg, length: int, batch: int, device: str, cache: dict) -> flo
         args = {"device": device, "d_model": arch["d_model"], "n_layers": arch["n_layers"], "tokens": batch * length,
                 "steps": 3, "warmup": 1, "dtype": "bf16" if device == "cuda" else "fp32", "set": overrides}
         try:
-            cache[key] = _measure(name, length, args)["tokens_per_s"]
+            cache[key] = time_steps(name, length, args)["tokens_per_s"]
         except Exception as exc:  # out of memory, say: that run gets no estimate, the plan goes on
             print(f"# {name} at L={length}, batch {batch}: not measured ({type(exc).__name__}: {str(exc)[:80]})")
             cache[key] = None
@@ -145,7 +145,7 @@ def plan(overrides: list[str], rows: list[dict] | None, measure_on: str | None) 
     out, cache = [], {}
     for run_overrides in expand(overrides, dict(preset)):
         cfg = compose(run_overrides)
-        recipe = experiment.recipe_module(cfg.recipe.name)
+        recipe = experiment.recipe_module(cfg.recipe)
         experiment.check_values(cfg, recipe.STAGES)
         task = experiment.build_task(cfg.task)
         params = experiment.check_model(cfg, task, recipe.STAGES)

@@ -82,7 +82,7 @@ def sync(device: str) -> None:
 def measure(arch: str, length: int, args: dict, queue) -> None:
     """Child process: one (arch, L) measurement -> queue.put(dict)."""
     try:
-        queue.put(_measure(arch, length, args))
+        queue.put(time_steps(arch, length, args))
     except Exception as exc:  # report, do not kill the whole table
         queue.put({"error": f"{type(exc).__name__}: {exc}"[:300]})
 
@@ -103,7 +103,7 @@ def build(arch: str, length: int, args: dict):
     return build_backbone(cfg, max_len=length).to(args["device"]).train()
 
 
-def _measure(arch: str, length: int, args: dict) -> dict:
+def time_steps(arch: str, length: int, args: dict) -> dict:
     """`arch` is a conf/arch name; `args["set"]` its overrides (e.g. impl=torch)."""
     import torch
 

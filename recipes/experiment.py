@@ -29,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from archs.base import is_causal
-from recipes import baselines, checkpoint, compute, distributed, export, guard, probes, track
+from recipes.engine import checkpoint, compute, distributed, guard
+from recipes.engine.loop import NEW_WHEN_SET
 from recipes.errors import USER_ERRORS, ConfigError, TrainingDiverged, root_cause, unwritable
+from recipes.extras import baselines, export, probes, track
 from recipes.model import build_body, build_classifier, n_params, pooling_for
 from recipes.plugins import locate
-from recipes.spt import objective_for, pixel_loss_for
-from recipes.train import NEW_WHEN_SET
+from recipes.stages import objective_for, pixel_loss_for
 from tasks.base import DataError, Task, label_fraction
 
 log = logging.getLogger(__name__)
@@ -174,13 +175,23 @@ def label_subset(splits: dict, task_cfg: DictConfig):
     return {**splits, "train": full.subset(index)}, full
 
 
-def recipe_module(name: str):
+def recipe_module(recipe_cfg) -> object:
+    """The recipe's module: `recipe._target_` (a module with run(ctx) and STAGES, e.g. a user's
+    `mylab.recipes.distill`, its YAML found through hydra.searchpath like a plugin backbone's), or
+    recipes/<name>.py for the built-in ones, whose YAMLs name none."""
+    name = recipe_cfg.get("name") if hasattr(recipe_cfg, "get") else recipe_cfg
+    target = recipe_cfg.get("_target_") if hasattr(recipe_cfg, "get") else None
+    path = target or f"recipes.{name}"
     try:
-        module = importlib.import_module(f"recipes.{name}")
+        module = importlib.import_module(path)
     except ModuleNotFoundError as exc:
-        raise ConfigError(f"recipe.name={name!r} has no module recipes/{name}.py") from exc
+        if exc.name and (path + ".").startswith(exc.name + "."):
+            where = f"module {path}" if target else f"recipes/{name}.py"
+            raise ConfigError(f"recipe '{name}': no {where} (a plugin recipe names its module with _target_; "
+                              "put its package on PYTHONPATH or pip install -e it)") from exc
+        raise
     if not hasattr(module, "run") or not hasattr(module, "STAGES"):
-        raise ConfigError(f"recipes/{name}.py must define run(ctx) and STAGES")
+        raise ConfigError(f"recipe '{name}': module {path} must define run(ctx) and STAGES")
     return module
 
 
@@ -237,7 +248,7 @@ def hashed_config(plain: dict, stages: tuple[str, ...]) -> dict:
     """What defines a run (its config_hash, and with the seeds left out its group_hash): the resolved
     config without NOT_HASHED keys and without the stages its recipe does not run. finetune.init_from is
     left out while null (the hashes of runs from before it existed stay), and when set stands as where the
-    weights come from: their sha256 and their pretraining key (recipes/export.py), not the path."""
+    weights come from: their sha256 and their pretraining key (recipes/extras/export.py), not the path."""
     unused = {"finetune", "pretrain"} - set(stages)
     hashed = {k: v for k, v in plain.items() if k not in NOT_HASHED and k not in unused}
     for stage in set(stages) & {"finetune", "pretrain"}:
@@ -316,7 +327,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     """run()'s work, under its lock."""
     started = time.perf_counter()
     plain = resolve(cfg)
-    recipe = recipe_module(cfg.recipe.name)
+    recipe = recipe_module(cfg.recipe)
     check_values(cfg, recipe.STAGES)
     if "_target_" in cfg.arch:  # a plugin off the path fails now, not after the data is prepared
         locate(cfg.arch._target_, f"arch '{cfg.arch.name}'")

@@ -22,11 +22,10 @@ from __future__ import annotations
 import torch
 from omegaconf import OmegaConf
 
-from recipes import spt
+from recipes.engine.loop import total_steps
+from recipes.extras.probes import Recorder
 from recipes.model import build_body
-from recipes.probes import Recorder
-from recipes.supervised import finetune
-from recipes.train import total_steps
+from recipes.stages import finetune, pretrain, pretrain_split
 
 STAGES = ("finetune", "pretrain")
 
@@ -36,9 +35,9 @@ def matched_steps(ctx) -> dict:
     With pretrain.patience set, the pretraining steps are those it actually took (running it if needed)."""
     cfg = ctx.cfg
     if cfg.pretrain.get("patience"):
-        pre = spt.pretrain(ctx, announce=False)[1]["steps"]
+        pre = pretrain(ctx, announce=False)[1]["steps"]
     else:
-        pre = total_steps(cfg.pretrain, len(spt.pretrain_split(ctx)[1].documents()))
+        pre = total_steps(cfg.pretrain, len(pretrain_split(ctx)[1].documents()))
     fine = total_steps(cfg.finetune, len(ctx.splits["train"]))
     return {"pretrain": pre, "finetune": fine, "total": pre + fine}
 

@@ -5,7 +5,7 @@ subfolder or `metrics.jsonl`; the pretraining cache (`_cache/`) and report folde
 Nothing is imported from the training code: the fields read here are those that
 recipes/experiment.py writes (task, arch, recipe, seed, status, reason, config_hash, group_hash,
 metrics, params, steps, wall_time_s, device, hardware, impl, config, baselines, stopping) and the
-rows of recipes/train.py's metrics.jsonl (stage, step, val_acc, ...).
+rows of recipes/engine/loop.py's metrics.jsonl (stage, step, val_acc, ...).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ REQUIRED = ("task", "arch", "recipe", "seed", "group_hash", "config_hash")
 BASELINES = {"majority_val_acc": ("majority", "val_acc"), "majority_test_acc": ("majority", "test_acc"),
              "order_free_val_acc": ("order_free", "val_acc"), "order_free_test_acc": ("order_free", "test_acc"),
              "unigram_val_acc": ("unigram", "val_acc")}
-# Where each stage stopped (result.json `stopping`, recipes/train.py; `stop` is its field `steps`). None
+# Where each stage stopped (result.json `stopping`, recipes/engine/loop.py; `stop` is its field `steps`). None
 # where a result predates it, or the stage did not run (no pretraining in supervised recipes).
 STOPPING = ("stop", "cap", "best_step", "epochs", "reason", "patience", "converged")
 STAGES = ("finetune", "pretrain")
@@ -143,7 +143,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             r = json.loads(path.read_text())
             if not isinstance(r, dict):
                 raise ValueError(f"expected a JSON object, found {type(r).__name__}")
-            # The checksum recipes/checkpoint.py writes: a damaged or edited result is never counted.
+            # The checksum recipes/engine/checkpoint.py writes: a damaged or edited result is never counted.
             digest = r.pop("sha256", None)
             if digest is not None and digest != hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest():
                 raise ValueError("does not match its checksum (damaged or edited); rerun the same command to "

@@ -1,4 +1,4 @@
-"""Locality: how far each position of a backbone looks, from result.json `probes` (recipes/probes.py),
+"""Locality: how far each position of a backbone looks, from result.json `probes` (recipes/extras/probes.py),
 at each stage (init, pretrained for spt, finetuned), and whether the change in locality that SPT brings
 goes with its gain.
 

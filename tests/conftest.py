@@ -47,10 +47,10 @@ def tmp_run(tmp_path):
 
 
 def nan_loss(at_call: int):
-    """recipes.supervised.classify_loss, except that its loss is NaN at call `at_call` (1-based)."""
-    import recipes.supervised
+    """recipes.stages.classify_loss, except that its loss is NaN at call `at_call` (1-based)."""
+    import recipes.stages
 
-    real, calls = recipes.supervised.classify_loss, []
+    real, calls = recipes.stages.classify_loss, []
 
     def loss_fn(model, ids, mask, labels):
         loss, c, n = real(model, ids, mask, labels)

@@ -20,8 +20,7 @@ import sys
 
 import datasets
 
-import recipes.spt
-import recipes.supervised
+import recipes.stages
 
 point, n, how = os.environ["SPTBENCH_FAULT"].rsplit(":", 2)
 SIGNAL = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}[how]
@@ -49,8 +48,8 @@ def wrap(fn, name):
 
 
 datasets.DatasetDict.save_to_disk = wrap(datasets.DatasetDict.save_to_disk, "prepare")
-recipes.spt.token_loss = wrap(recipes.spt.token_loss, "pretrain")
-recipes.supervised.classify_loss = wrap(recipes.supervised.classify_loss, "finetune")
+recipes.stages.token_loss = wrap(recipes.stages.token_loss, "pretrain")
+recipes.stages.classify_loss = wrap(recipes.stages.classify_loss, "finetune")
 real_replace = os.replace
 
 

@@ -1,5 +1,5 @@
 """Conformance over the registry: every conf/arch/*.yaml (and its causal/position variants) must
-meet the backbone contract, checked by archs/conformance.py (the same checks `python -m archs.check`
+meet the backbone contract, checked by archs/conformance.py (the same checks `python -m recipes.check_arch`
 runs on plugins). A new backbone gets these checks by adding its YAML."""
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def test_every_backbone_runs_both_recipes_end_to_end(arch, flip, tmp_path):
                                               ("mamba", {"A_log", "D"})])
 def test_ssm_parameters_get_their_own_optimizer_settings(arch, ssm_params):
     """S4/S4D dynamics train at ssm_lr without weight decay; Mamba's A_log and D are never decayed."""
-    from recipes.train import param_groups
+    from recipes.engine.loop import param_groups
 
     model = make(arch)
     groups = param_groups(model, lr=0.01, weight_decay=0.1)

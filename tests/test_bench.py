@@ -16,7 +16,7 @@ from bench import flops, throughput
 def test_one_measurement_under_bf16_autocast():
     args = {"device": "cpu", "d_model": 16, "n_layers": 1, "tokens": 64, "steps": 1, "warmup": 0, "dtype": "bf16",
             "set": ["impl=torch"]}
-    row = throughput._measure("mamba", 32, args)
+    row = throughput.time_steps("mamba", 32, args)
     assert row["batch"] == 2 and row["impl"] == "torch"
     assert row["tokens_per_s"] > 0 and row["peak_mem_mb"] >= 0 and row["flops_per_s"] > 0
     assert row["flops_per_s"] == pytest.approx(row["flops_per_token"] * row["tokens_per_s"])

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from archs.transformer import Transformer
-from recipes import compute, experiment
-from recipes.compute import Compute
+from recipes import experiment
+from recipes.engine import compute
+from recipes.engine.compute import Compute
 from recipes.errors import ConfigError
 from tests.conftest import make_cfg, tiny
 from tests.test_recipes import rows

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from recipes import experiment, train
-from recipes.train import lr_factor
+from recipes import experiment
+from recipes.engine import loop as train
+from recipes.engine.loop import lr_factor
 from tests.conftest import ROOT, make_cfg, tiny
 from tests.test_recipes import rows
 

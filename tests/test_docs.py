@@ -72,7 +72,7 @@ def test_every_docs_page_is_linked_from_the_readme():
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_paths_named_in_backticks_exist(page):
-    """`recipes/train.py`, `conf/arch/`: a concrete path into the repository (no placeholder or glob)."""
+    """`recipes/engine/loop.py`, `conf/arch/`: a concrete path into the repository (no placeholder or glob)."""
     top = r"(?:archs|tasks|recipes|reports|bench|conf|scripts|tests|docs|\.ci)/"
     for line in split(page)[0]:
         for path in re.findall(rf"`({top}[\w./+-]*)`", line):

@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from recipes import experiment
+from recipes.engine.loop import stopping
 from recipes.errors import ConfigError
-from recipes.train import stopping
 from tests.conftest import TINY_PRETRAIN, make_cfg, tiny
 
 # lr 1e-12: the weights do not move, so validation never improves on the first validation; the stage
@@ -39,7 +39,7 @@ def test_a_stage_killed_after_its_patience_ran_out_resumes_to_the_same_stop(tmp_
 
 
 def test_resume_mid_stage_equals_the_uninterrupted_run(tmp_path, monkeypatch):
-    import recipes.supervised
+    import recipes.stages
     from tests.test_recipes import Interrupt
 
     args = tiny("supervised", "finetune.max_steps=80", "finetune.eval_every=4", "finetune.patience=2",
@@ -47,7 +47,7 @@ def test_resume_mid_stage_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     reference = experiment.run(make_cfg(args, tmp_path / "ref"), tmp_path / "ref" / "run")
     assert reference["stopping"]["finetune"]["reason"] == "patience"  # the test needs a stage that stops early
     stop = reference["stopping"]["finetune"]["steps"]
-    monkeypatch.setattr(recipes.supervised, "classify_loss", Interrupt(recipes.supervised.classify_loss, stop - 3))
+    monkeypatch.setattr(recipes.stages, "classify_loss", Interrupt(recipes.stages.classify_loss, stop - 3))
     with pytest.raises(KeyboardInterrupt):
         experiment.run(make_cfg(args, tmp_path / "int"), tmp_path / "int" / "run")
     monkeypatch.undo()

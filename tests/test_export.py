@@ -1,4 +1,4 @@
-"""Shareable pretrained bodies (recipes/export.py): export from an spt run or its cache folder, fine-tune
+"""Shareable pretrained bodies (recipes/extras/export.py): export from an spt run or its cache folder, fine-tune
 from the export exactly as spt's own fine-tuning does, and one-line refusals of mismatched inputs."""
 
 from __future__ import annotations
@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from recipes import checkpoint, experiment, export
+from recipes import experiment
+from recipes.engine import checkpoint
 from recipes.errors import ConfigError
+from recipes.extras import export
 from tests.conftest import make_cfg, tiny
 
 pytest.importorskip("safetensors")

@@ -16,8 +16,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import recipes.supervised
-from recipes import checkpoint, experiment
+import recipes.stages
+from recipes import experiment
+from recipes.engine import checkpoint
 from recipes.errors import CheckpointError, TrainingDiverged
 from tests.conftest import ROOT, make_cfg, nan_loss
 from tests.test_recipes import rows
@@ -213,7 +214,7 @@ def test_planted_pickles_never_run(tmp_path):
 
 def nan_gradient(at_call: int):
     """classify_loss whose loss stays finite at call `at_call` but whose gradient is NaN there."""
-    real, calls = recipes.supervised.classify_loss, []
+    real, calls = recipes.stages.classify_loss, []
 
     def loss_fn(model, ids, mask, labels):
         loss, c, n = real(model, ids, mask, labels)
@@ -227,7 +228,7 @@ def nan_gradient(at_call: int):
 
 
 def test_non_finite_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_gradient(4))
+    monkeypatch.setattr(recipes.stages, "classify_loss", nan_gradient(4))
     args = small("supervised", "finetune.max_steps=8", "finetune.ckpt_every=2")
     with pytest.raises(TrainingDiverged, match="non-finite gradient"):
         experiment.run(make_cfg(args, tmp_path), tmp_path / "run")
@@ -240,7 +241,7 @@ def test_non_finite_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tm
 
 
 def test_skip_batch_policy_drops_the_bad_batch_and_records_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_loss(3))
+    monkeypatch.setattr(recipes.stages, "classify_loss", nan_loss(3))
     result = experiment.run(make_cfg(small("supervised", *QUICK, "finetune.on_nan=skip_batch"), tmp_path),
                             tmp_path / "run")
     assert result["status"] == "ok" and result["skipped_steps"] == {"finetune": [2]}

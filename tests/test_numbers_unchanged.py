@@ -38,7 +38,7 @@ def numbers(result: dict) -> dict:
 
 
 def collect(tmp: Path) -> dict:
-    import recipes.supervised
+    import recipes.stages
     from recipes import experiment
     from tests.conftest import make_cfg
 
@@ -49,7 +49,7 @@ def collect(tmp: Path) -> dict:
 
     got = {name: numbers(experiment.run(make_cfg(overrides(extra), tmp), tmp / name)) for name, extra in RUNS.items()}
     cfg = make_cfg(overrides(["arch=transformer", "recipe=spt", "arch.n_heads=2", "finetune.ckpt_every=1"]), tmp)
-    real, calls = recipes.supervised.classify_loss, []
+    real, calls = recipes.stages.classify_loss, []
 
     def interrupted(*args):
         calls.append(1)
@@ -57,13 +57,13 @@ def collect(tmp: Path) -> dict:
             raise KeyboardInterrupt
         return real(*args)
 
-    recipes.supervised.classify_loss = interrupted
+    recipes.stages.classify_loss = interrupted
     try:
         experiment.run(cfg, tmp / RESUMED)
     except KeyboardInterrupt:
         pass
     finally:
-        recipes.supervised.classify_loss = real
+        recipes.stages.classify_loss = real
     got[RESUMED] = numbers(experiment.run(cfg, tmp / RESUMED))
     return got
 

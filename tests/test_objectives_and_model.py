@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from recipes.errors import ConfigError
 from recipes.model import Body, Classifier, TokenPredictor, pool, pooling_for
 from recipes.objectives import IGNORE, mask_tokens, next_token_targets, token_loss
-from recipes.spt import objective_for
+from recipes.stages import objective_for
 from tasks.listops import ListOps
 
 
@@ -131,7 +131,7 @@ def test_pixel_l1_loss_on_masked_positions_only():
 
 
 def test_pixel_loss_applies_to_pixel_tasks_only():
-    from recipes.spt import pixel_loss_for
+    from recipes.stages import pixel_loss_for
     from tasks.pathfinder import Pathfinder
 
     pixels, tokens = Pathfinder(n_train=2, n_val=2, n_test=2).spec, ListOps().spec

@@ -78,13 +78,13 @@ def test_run_py_dry_run_lists_the_grid_and_trains_nothing(tmp_path):
 def test_measure_times_each_distinct_backbone_once(monkeypatch):
     import bench.throughput
 
-    real, calls = bench.throughput._measure, []
+    real, calls = bench.throughput.time_steps, []
 
     def counted(arch, length, args):
         calls.append((arch, length, args["tokens"], tuple(args["set"])))
         return real(arch, length, {**args, "steps": 1, "warmup": 0})
 
-    monkeypatch.setattr(bench.throughput, "_measure", counted)
+    monkeypatch.setattr(bench.throughput, "time_steps", counted)
     runs = plan.plan(["arch=cnn", "recipe=supervised", "seed=0,1", "finetune.epochs=1", "finetune.batch_size=8",
                       "task.max_length=40", "task.n_train=64"], None, "run")  # the run's device: this CPU
     assert len(runs) == 2 and all(r["hours"] > 0 and r["on"] == "CPU" for r in runs)
@@ -97,7 +97,7 @@ def test_measure_times_each_distinct_backbone_once(monkeypatch):
 def test_dry_run_measure_takes_overrides_after_the_flags_and_says_cpu_hours(monkeypatch, capsys):
     import bench.throughput
 
-    monkeypatch.setattr(bench.throughput, "_measure", lambda arch, length, args: {"tokens_per_s": 1e4})
+    monkeypatch.setattr(bench.throughput, "time_steps", lambda arch, length, args: {"tokens_per_s": 1e4})
     assert plan.main(["--measure", "arch=cnn", "recipe=supervised", "--out", "/dev/null", "finetune.epochs=1",
                       "task.n_train=64", "finetune.batch_size=8"]) == 0
     out = capsys.readouterr().out

@@ -1,5 +1,5 @@
 """Plugins from outside the repo: a backbone package written here, in tmp_path, with its YAML found
-through hydra.searchpath, run through run.py and checked by `python -m archs.check`."""
+through hydra.searchpath, run through run.py and checked by `python -m recipes.check_arch`."""
 
 from __future__ import annotations
 
@@ -88,9 +88,9 @@ def test_an_out_of_tree_plugin_off_the_path_is_one_error_line(plugin, tmp_path):
 
 
 def check(yamls: list[Path], src: Path | None) -> subprocess.CompletedProcess:
-    """python -m archs.check YAMLS, as a plugin author runs it."""
+    """python -m recipes.check_arch YAMLS, as a plugin author runs it."""
     path = os.pathsep.join(str(p) for p in (ROOT, src) if p)
-    return subprocess.run([sys.executable, "-m", "archs.check", *map(str, yamls)], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "recipes.check_arch", *map(str, yamls)], cwd=ROOT, capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
 
 

@@ -1,4 +1,4 @@
-"""Locality probes (recipes/probes.py) against known answers: hand-set attention (identity, uniform),
+"""Locality probes (recipes/extras/probes.py) against known answers: hand-set attention (identity, uniform),
 convolutions whose influence support and profile are known in closed form, one- vs two-sided
 profiles, padding that never enters, and probes that never change what a run trains."""
 
@@ -13,8 +13,10 @@ from torch import nn
 
 from archs.cnn import CNN
 from archs.transformer import Attention, Transformer
-from recipes import checkpoint, experiment, probes
+from recipes import experiment
+from recipes.engine import checkpoint
 from recipes.errors import ConfigError
+from recipes.extras import probes
 from tasks.base import TokenSplit
 from tests.conftest import make_cfg, tiny
 

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import recipes.spt
-import recipes.supervised
+import recipes.stages
 from recipes import experiment
 from recipes.errors import CheckpointError, ConfigError, TrainingDiverged
 from tests.conftest import make_cfg, nan_loss, tiny
@@ -106,7 +105,7 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch, c
     reference = experiment.run(make_cfg(tiny("spt", *extra), tmp_path / "ref"), tmp_path / "ref" / "run")
 
     out = tmp_path / "int"
-    module, name = (recipes.spt, "token_loss") if stage == "pretrain" else (recipes.supervised, "classify_loss")
+    module, name = (recipes.stages, "token_loss") if stage == "pretrain" else (recipes.stages, "classify_loss")
     monkeypatch.setattr(module, name, Interrupt(getattr(module, name), 30))
     with pytest.raises(KeyboardInterrupt):
         experiment.run(make_cfg(tiny("spt", *extra), out), out / "run")
@@ -124,7 +123,7 @@ def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch, c
 
 
 def test_non_finite_loss_is_recorded_as_failed(tmp_path, monkeypatch):
-    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_loss(3))
+    monkeypatch.setattr(recipes.stages, "classify_loss", nan_loss(3))
     with pytest.raises(TrainingDiverged):
         experiment.run(make_cfg(tiny("supervised"), tmp_path), tmp_path / "run")
     result = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -144,7 +143,7 @@ def test_complete_run_is_not_redone_and_other_configs_are_refused(tmp_path):
 
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, monkeypatch):
     args = tiny("supervised", "finetune.ckpt_every=2")
-    monkeypatch.setattr(recipes.supervised, "classify_loss", Interrupt(recipes.supervised.classify_loss, 6))
+    monkeypatch.setattr(recipes.stages, "classify_loss", Interrupt(recipes.stages.classify_loss, 6))
     with pytest.raises(KeyboardInterrupt):
         experiment.run(make_cfg(args, tmp_path), tmp_path / "run")
     monkeypatch.undo()
@@ -156,7 +155,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path, monkeypatch):
 def test_checkpoints_refuse_arbitrary_pickles(tmp_path):
     import pickle
 
-    from recipes import checkpoint
+    from recipes.engine import checkpoint
 
     class Boom:
         def __reduce__(self):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-import recipes.supervised
+import recipes.stages
 from recipes import experiment
 from recipes.errors import ConfigError, DataError
 from tests.conftest import cli, make_cfg
@@ -58,7 +58,7 @@ def test_a_refused_command_leaves_no_folder_and_a_used_folder_stays(tmp_path):
 
     # A folder that holds an earlier attempt's log is not this command's to delete.
     used = hydra_made(out_root / "used")
-    (used / "run.log").write_text("[2026-01-01 00:00:00,000][recipes.train][INFO] - finetune step 2/4: ...\n")
+    (used / "run.log").write_text("[2026-01-01 00:00:00,000][recipes.engine.loop][INFO] - finetune step 2/4: ...\n")
     with pytest.raises(ConfigError):
         experiment.run(make_cfg([*SHORT, "finetune.lr=-1"], out_root), used)
     assert (used / "run.log").read_text().startswith("[2026")
@@ -102,7 +102,7 @@ def test_overrides_are_checked_before_hydra_makes_a_folder(args, expected):
 
 def test_hints_name_the_backbones_own_options():
     import run
-    from recipes.spt import objective_for
+    from recipes.stages import objective_for
 
     with pytest.raises(ConfigError, match=r"set arch.bidirectional=false, or pretrain.objective=mlm"):
         objective_for("ntp", False, {"bidirectional": True, "d_model": 64})
@@ -135,9 +135,9 @@ class Claims(nn.Module):
 
 
 @pytest.mark.parametrize("truly", [True, False])
-def test_archs_check_tests_the_modules_own_causal_claim(tmp_path, monkeypatch, truly):
+def test_check_arch_tests_the_modules_own_causal_claim(tmp_path, monkeypatch, truly):
     """A YAML without a direction option: the module's `causal = True` is what is checked, by behaviour."""
-    from archs import check
+    from recipes import check_arch as check
 
     module = f"claims_{str(truly).lower()}"  # one module name per case: imports are cached
     (tmp_path / f"{module}.py").write_text(CAUSAL_CLAIMS.format(truly=truly, how="and is" if truly else "but is not"))
@@ -167,7 +167,7 @@ def test_wall_time_adds_every_attempt_once(tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_a_total_that_counts_both_attempts(tmp_path, monkeypatch):
-    real, calls = recipes.supervised.classify_loss, []
+    real, calls = recipes.stages.classify_loss, []
 
     def slow_then_interrupted(*args):
         calls.append(1)
@@ -177,12 +177,12 @@ def test_an_interrupted_run_resumes_to_a_total_that_counts_both_attempts(tmp_pat
         return real(*args)
 
     cfg = make_cfg([*SHORT, "finetune.ckpt_every=1"], tmp_path)
-    monkeypatch.setattr(recipes.supervised, "classify_loss", slow_then_interrupted)
+    monkeypatch.setattr(recipes.stages, "classify_loss", slow_then_interrupted)
     started = time.perf_counter()
     with pytest.raises(KeyboardInterrupt):
         experiment.run(cfg, tmp_path / "run")
     first = time.perf_counter() - started
-    monkeypatch.setattr(recipes.supervised, "classify_loss", real)
+    monkeypatch.setattr(recipes.stages, "classify_loss", real)
     result = experiment.run(cfg, tmp_path / "run")
     wall = result["wall_time_s"]
     attempts = json.loads((tmp_path / "run" / "attempts.json").read_text())["seconds"]

@@ -11,9 +11,10 @@ import pytest
 from omegaconf import OmegaConf
 from sklearn.linear_model import LogisticRegression
 
-from recipes import baselines, experiment
+from recipes import experiment
+from recipes.engine.loop import epoch_order, pad_share
 from recipes.errors import ConfigError
-from recipes.train import epoch_order, pad_share
+from recipes.extras import baselines
 from tasks.base import DualSplit, TaskSpec, TokenSplit, label_fraction
 from tests.conftest import ROOT, make_cfg, tiny
 

@@ -1,4 +1,4 @@
-"""Experiment trackers (recipes/track.py), offline: TensorBoard's event files and W&B's offline run file
+"""Experiment trackers (recipes/extras/track.py), offline: TensorBoard's event files and W&B's offline run file
 read back and checked against the run folder's metrics.jsonl and result.json; config hashes untouched."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import recipes.supervised
+import recipes.stages
 from recipes import experiment
 from recipes.errors import ConfigError, TrainingDiverged
 from tests.conftest import ROOT, cli, make_cfg, nan_loss, tiny
@@ -74,7 +74,7 @@ def test_tensorboard_gets_every_metrics_row_the_config_and_the_result(tmp_path):
 
 def test_a_failed_run_is_reported_to_the_tracker(tmp_path, monkeypatch):
     pytest.importorskip("tensorboard")
-    monkeypatch.setattr(recipes.supervised, "classify_loss", nan_loss(3))
+    monkeypatch.setattr(recipes.stages, "classify_loss", nan_loss(3))
     with pytest.raises(TrainingDiverged):
         experiment.run(make_cfg(tiny("supervised", "logger=tensorboard"), tmp_path), tmp_path / "run")
     _, texts = tensorboard_events(tmp_path / "run")
@@ -155,5 +155,6 @@ def test_unknown_logger_is_one_line(tmp_path):
     out = cli(["logger=mlflow", f"out_root={tmp_path}"], cwd=tmp_path, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
-        "error: unknown logger 'mlflow': choose one of none, tensorboard, wandb (or add conf/logger/mlflow.yaml)"]
+        "error: unknown logger 'mlflow': choose one of none, tensorboard, wandb (or add conf/logger/mlflow.yaml, "
+        "or a config folder of your own: hydra.searchpath=[file://FOLDER])"]
     assert (ROOT / "conf" / "logger" / "none.yaml").exists()

@@ -1,6 +1,6 @@
 """The conformance checks of tests/test_backbones.py on backbone YAMLs anywhere, e.g. a plugin's:
 
-    python -m archs.check PATH/gru.yaml [MORE.yaml ...]
+    python -m recipes.check_arch PATH/gru.yaml [MORE.yaml ...]
 
 Each YAML (and its other direction, when it has a `causal` or `bidirectional` option) is built at
 a small size (archs.conformance.SMALL) exactly as run.py builds it, then checked for shapes and
@@ -9,8 +9,8 @@ state-dict round trip, determinism under a seed, and learning a small task. One 
 exit status 1 if any failed, 2 if a YAML cannot be read or its class imported (put the plugin's
 package on PYTHONPATH or pip install -e it).
 
-The one module of archs/ that reaches up to recipes/: it is a command, and must build backbones
-with the very rules a run uses (recipes.model.build_backbone), not a copy of them.
+It lives in recipes/, not archs/: it must build backbones with the very rules a run uses
+(recipes.model.build_backbone), not a copy of them, and archs/ imports nothing from recipes/.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ import logging
 import math
 from pathlib import Path
 
-from recipes import distributed
-from recipes.checkpoint import flatten
+from recipes.engine import distributed
+from recipes.engine.checkpoint import flatten
 from recipes.errors import ConfigError
 
 log = logging.getLogger(__name__)

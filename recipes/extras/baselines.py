@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from recipes import checkpoint
+from recipes.engine import checkpoint
 from tasks.base import DualSplit, TokenSplit
 
 log = logging.getLogger(__name__)

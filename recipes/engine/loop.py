@@ -4,13 +4,13 @@ AdamW with parameter groups (no weight decay on norms and biases, i.e. tensors w
 parameter may carry `_optim = {"lr": ..., "weight_decay": ...}` to override, as SSM parameters do),
 linear warmup then cosine decay, gradient clipping, validation every `eval_every` steps, the best
 validation score kept, a resumable checkpoint, and a metrics log. A non-finite loss or gradient
-and SIGTERM are handled as recipes/guard.py describes.
+and SIGTERM are handled as recipes/engine/guard.py describes.
 
 Determinism and resume: batch order for epoch e is a permutation seeded by (seed, e), and the
 torch RNG state (dropout, masking) is saved with each checkpoint, so a run resumed from step s
 continues exactly as the uninterrupted one would have (bitwise on CPU).
 
-Data parallelism (torchrun, recipes/distributed.py): `batch_size` is the global batch. Every rank
+Data parallelism (torchrun, recipes/engine/distributed.py): `batch_size` is the global batch. Every rank
 walks the same global order and trains on its share of each batch, in micro-batches when
 `compute.micro_batch_size` is set; gradients are weighted so that a step equals one process's step
 on the whole batch (see `accumulate`), metrics are summed over ranks, and rank 0 alone writes files.
@@ -41,8 +41,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from recipes import checkpoint, distributed, guard, track
-from recipes.compute import PLAIN, Compute, batches
+from recipes.engine import checkpoint, distributed, guard
+from recipes.engine.compute import PLAIN, Compute, batches
 from recipes.errors import CheckpointError, ConfigError, TrainingDiverged
 from tasks.base import TokenSplit
 
@@ -193,7 +193,8 @@ def accumulate(stage: Stage, model: nn.Module, pieces: list, empty: bool, loaded
 
 def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_dir: Path, *, seed: int,
         identity: dict, pad_id: int, device: torch.device, log_path: Path, prefix_rows: list[dict] = (),
-        progress: bool = True, compute: Compute = PLAIN, no_stop_before: int = 0) -> dict:
+        progress: bool = True, compute: Compute = PLAIN, no_stop_before: int = 0,
+        on_log: Callable[[list[dict]], None] | None = None) -> dict:
     """Train `stage.model` in place, leave it holding the best validation weights, return a summary.
     Under torchrun every rank calls this; `hp.batch_size` is the global batch, and rank 0 alone writes.
     `no_stop_before`: patience may not end the stage before this step (recipes/supervised_matched.py)."""
@@ -371,7 +372,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
                     checkpoint.save(best_path, {"identity": identity, "model": model.state_dict()})
             save_last()
             if main:
-                write_log(log_path, [*prefix_rows, *history])
+                write_log(log_path, [*prefix_rows, *history], on_log)
             if patience_ran_out():
                 log.info("%s: stopped at step %d: %d validations without a better %s (best at step %d)",
                          stage.name, step, patience, stage.score, best_step)
@@ -382,7 +383,7 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     guard.in_loop(False)
     bar.close()
     if main:
-        write_log(log_path, [*prefix_rows, *history])  # also when a kill fell between last.pt and the log
+        write_log(log_path, [*prefix_rows, *history], on_log)  # also when a kill fell between last.pt and the log
     distributed.barrier()  # rank 0 has written best.pt before any rank reads it
     checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
     summary = {"identity": identity, "steps": step, "best_step": best_step, "best_val": best,
@@ -404,7 +405,8 @@ def clock(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def write_log(path: Path, rows: list[dict]) -> None:
+def write_log(path: Path, rows: list[dict], on_log: Callable[[list[dict]], None] | None = None) -> None:
     """The whole metrics log, rewritten atomically: after a resume it never holds duplicate rows."""
     checkpoint.atomic_write(Path(path), lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    track.rows(rows)  # logger=...: the rows it has not seen yet
+    if on_log is not None:  # e.g. a tracker (recipes.extras.track.rows): the rows it has not seen yet
+        on_log(rows)

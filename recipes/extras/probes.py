@@ -37,7 +37,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
-from recipes import checkpoint, distributed
+from recipes.engine import checkpoint, distributed
 from recipes.errors import ConfigError
 from tasks.base import seeded_subset
 
@@ -280,8 +280,8 @@ def backfill(cfg: DictConfig, task, splits: dict, run_dir: Path, result: dict, i
             load_body(body, folder / "best.pt", {"pretrain": pre["key"]})
             rec.take("pretrained", body)
             rec.store(folder / "probes.json", ("init", "pretrained"))
-    elif result.get("init_from"):  # fine-tuned from a shared body (recipes/export.py): that body
-        from recipes import export
+    elif result.get("init_from"):  # fine-tuned from a shared body (recipes/extras/export.py): that body
+        from recipes.extras import export
 
         export.load_body(body, cfg.finetune.init_from, identity["config"]["finetune"]["init_from"], task.spec)
         rec.take("pretrained", body)

@@ -1,6 +1,6 @@
 """Shareable pretrained bodies: export one, fine-tune from one.
 
-    python -m recipes.export SOURCE OUT     # SOURCE: a recipe=spt run folder, or <cache_dir>/pretrain/<key>
+    python -m recipes.extras.export SOURCE OUT     # SOURCE: a recipe=spt run folder, or <cache_dir>/pretrain/<key>
     python run.py recipe=supervised finetune.init_from=OUT [the arch options it was pretrained with]
 
 OUT holds `model.safetensors` (the Body's weights: encoder.* and backbone.*, no pickle) and `config.json`:
@@ -20,7 +20,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from recipes import checkpoint
+from recipes.engine import checkpoint
 from recipes.errors import USER_ERRORS, CheckpointError, ConfigError
 
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
@@ -89,7 +89,7 @@ def read(path) -> tuple[dict, bytes]:
         folder = folder.parent
     if not (folder / CONFIG).exists() or not (folder / WEIGHTS).exists():
         raise ConfigError(f"finetune.init_from={path}: no {CONFIG} and {WEIGHTS} there; give a folder written "
-                          "by python -m recipes.export")
+                          "by python -m recipes.extras.export")
     config = checkpoint.read_json(folder / CONFIG)
     if config.get("kind") != KIND:
         raise ConfigError(f"finetune.init_from={path}: {CONFIG} is not an sptbench body (kind {config.get('kind')!r})")
@@ -139,7 +139,7 @@ def load_body(body, path, expected: dict, spec) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recipes.export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m recipes.extras.export", description=__doc__.splitlines()[0])
     parser.add_argument("source", type=Path, help="a recipe=spt run folder, or <cache_dir>/pretrain/<key>")
     parser.add_argument("out", type=Path, help="folder to write model.safetensors and config.json into")
     args = parser.parse_args(argv)
