@@ -25,6 +25,11 @@ import recipes.supervised
 
 point, n, how = os.environ["SPTBENCH_FAULT"].rsplit(":", 2)
 SIGNAL = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT, "NAN": None}[how]
+if how == "INT":
+    # Ctrl-C as in a terminal: a process started with SIGINT ignored (by a pytest-xdist worker, which
+    # leaves Ctrl-C to its controller, or by nohup) inherits that, and Python then never raises
+    # KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 seen = 0
 
 
