@@ -58,4 +58,4 @@ def test_ci_installs_through_the_script_then_runs_exactly_the_readme_test_comman
                          text=True)
     assert out.returncode == 0, out.stderr
     assert calls(tmp_path) == ["-m pip install --upgrade pip", "-m pip install torch==2.13.0",
-                               "-m pip install -e .[dev]", "-m pytest -q"]
+                               "-m pip install -e .[dev]", "-m pytest -q -n 2"]
