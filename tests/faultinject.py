@@ -1,6 +1,6 @@
-"""Run a command with one deterministic fault: `SPTBENCH_FAULT=<point>:<n>:<KILL|TERM> python -m
-tests.faultinject run.py ARGS` (or `-m reports ARGS`). The process sends itself SIGKILL or SIGTERM at
-the n-th time it reaches <point>:
+"""Run a command with one deterministic fault: `SPTBENCH_FAULT=<point>:<n>:<KILL|TERM|INT> python -m
+tests.faultinject run.py ARGS` (or `-m reports ARGS`). The process sends itself SIGKILL, SIGTERM or
+SIGINT (Ctrl-C) at the n-th time it reaches <point>; with NAN instead, that loss is NaN:
 
 - `prepare`: the prepared data is saved to its temporary folder, not yet renamed into place;
 - `pretrain` / `finetune`: a loss computation in that stage (training or validation);
@@ -23,7 +23,12 @@ import datasets
 import recipes.stages
 
 point, n, how = os.environ["SPTBENCH_FAULT"].rsplit(":", 2)
-SIGNAL = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM}[how]
+SIGNAL = {"KILL": signal.SIGKILL, "TERM": signal.SIGTERM, "INT": signal.SIGINT, "NAN": None}[how]
+if how == "INT":
+    # Ctrl-C as in a terminal: a process started with SIGINT ignored (by a pytest-xdist worker, which
+    # leaves Ctrl-C to its controller, or by nohup) inherits that, and Python then never raises
+    # KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 seen = 0
 
 
@@ -42,6 +47,8 @@ def wrap(fn, name):
     def wrapped(*args, **kwargs):
         out = fn(*args, **kwargs)
         if point == name and reached():
+            if how == "NAN":  # a loss function returns (loss, *counts)
+                return (out[0] * float("nan"), *out[1:])
             fault()
         return out
     return wrapped

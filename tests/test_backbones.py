@@ -66,6 +66,7 @@ def test_conformance(variant, check):
     conformance.CHECKS[check](build, causal)
 
 
+@pytest.mark.slow
 def test_learns_a_small_task(variant):
     build, causal, _, overrides = variant
     if "chunk_size" in overrides:
@@ -114,6 +115,7 @@ def test_cnn_receptive_field_covers_max_len():
     assert CNN(8, 6, max_len=20, kernel_size=7).dilations == [1, 7, 1, 7, 1, 7]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("flip", [False, True], ids=["default", "flipped"])
 def test_every_backbone_runs_both_recipes_end_to_end(arch, flip, tmp_path):

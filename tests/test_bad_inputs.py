@@ -87,10 +87,12 @@ CASES = [
     ("arch-name", ["arch=mamba9"], "unknown arch 'mamba9': choose one of cnn, mamba", None),
     ("task-name", ["task=lisstops"], "unknown task 'lisstops': choose one of", None),
     ("recipe-name", ["recipe=semi"], "unknown recipe 'semi': choose one of spt, supervised", None),
+    ("recipe-name-in-list", ["recipe=spt,semi"], "unknown recipe 'semi'", None),  # each choice of a sweep
     ("experiment-name", ["experiment=lra_nope"], "unknown experiment 'lra_nope'", None),
     # top-level options
     ("seed-type", ["seed=abc"], "seed='abc' must be a non-negative integer", None),
     ("seed-range", ["seed=-1"], "seed=-1 must be a non-negative integer", None),
+    ("seed-bool", ["seed=true"], "seed=True must be a non-negative integer", None),  # bool is an int in Python
     ("device", ["device=tpu"], "device='tpu' is not one of auto, cpu, cuda", None),
     ("pooling", ["model.pooling=max"], "model.pooling='max' is not one of auto, mean, cls, last", None),
     # every numeric option of the training stages, wrong type and out of range
@@ -154,6 +156,13 @@ CASES = [
     ("task-mask_ratio", ["task.mask_ratio=0", "pretrain.mask_ratio=null"], "task.mask_ratio=0 must be in (0, 1)", None),
     ("data_dir-missing", ["task.data_dir=/nonexistent/listops"],
      "task.data_dir=/nonexistent/listops is not a directory", None),
+    # an LRA task without its data: the line says where to download it
+    ("text-no-data", ["task=text"], "task=text needs IMDB: set task.data_dir=/path/to/aclImdb (the IMDB release "
+     "(https://", None),
+    ("retrieval-no-data", ["task=retrieval"], "task=retrieval needs the AAN pairs: set task.data_dir=/path/to/tsv_data",
+     None),
+    ("image-no-data", ["task=image", *PIXEL_TASK], "task=image needs CIFAR-10: set "
+     "task.data_dir=/path/to/cifar-10-batches-py (the CIFAR-10 python version (https://", None),
     # inconsistent combinations
     ("ntp-bidirectional", ["pretrain.objective=ntp"], "pretrain.objective=ntp needs a causal backbone", None),
     ("ntp-bidirectional-s4d", ["arch=s4d", "pretrain.objective=ntp"],
@@ -242,6 +251,7 @@ def test_catalogue_size():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_on_the_command_line(tmp_path):
     (tmp_path / "file").write_text("")
     proc = cli(["out_root=file/runs", "progress=false"], cwd=tmp_path)

@@ -88,6 +88,7 @@ def test_mamba_flops_are_the_same_for_every_impl(bidirectional):
     assert flops.uncounted_flops(model, b, length) == 3 * scan * 2 * (2 if bidirectional else 1)
 
 
+@pytest.mark.slow
 def test_reference_side_by_side_skips_a_missing_file_in_one_line(capsys):
     from bench import reference
 

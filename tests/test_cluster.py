@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import ROOT, cli, tiny
 from tests.test_cli import QUICK
 
 
+@pytest.mark.slow
 def test_submitit_local_sweep_shares_one_pretraining_and_reports_failed_jobs(tmp_path):
     # Both good jobs need the same pretraining (pretrain.seed pinned) and start at the same time.
     args = ["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",

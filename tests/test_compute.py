@@ -20,6 +20,7 @@ from tests.test_recipes import rows
 QUICK = ["finetune.max_steps=12", "finetune.eval_every=6", "task.n_train=300", "task.n_val=100", "task.n_test=100"]
 
 
+@pytest.mark.slow
 def test_loader_workers_and_micro_batches_train_like_the_plain_loop(tmp_path):
     plain = experiment.run(make_cfg(tiny("supervised", *QUICK), tmp_path), tmp_path / "plain")
     other = experiment.run(make_cfg(tiny("supervised", *QUICK, "compute.num_workers=1", "compute.micro_batch_size=5"),

@@ -18,6 +18,8 @@ from recipes.engine.loop import lr_factor
 from tests.conftest import ROOT, make_cfg, tiny
 from tests.test_recipes import rows
 
+pytestmark = pytest.mark.slow  # every test starts torchrun and its two ranks
+
 # 590 = 19 * 31 + 1: a global batch of 31 splits 16 / 15 between 2 ranks, and each epoch ends with a
 # batch of one example, which leaves rank 1 an empty share. Micro-batches of 8 accumulate gradients.
 DATA = ["task.n_train=590", "finetune.batch_size=31"]

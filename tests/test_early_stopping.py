@@ -28,6 +28,7 @@ def test_stops_after_exactly_patience_flat_validations(tmp_path):
     assert [r["step"] for r in rows] == [3, 6, 9, 12, 15]
 
 
+@pytest.mark.slow
 def test_a_stage_killed_after_its_patience_ran_out_resumes_to_the_same_stop(tmp_path):
     args = tiny("supervised", *FROZEN)
     first = experiment.run(make_cfg(args, tmp_path), tmp_path / "run")
@@ -38,6 +39,7 @@ def test_a_stage_killed_after_its_patience_ran_out_resumes_to_the_same_stop(tmp_
     assert again["stopping"] == first["stopping"] and again["metrics"] == first["metrics"]
 
 
+@pytest.mark.slow
 def test_resume_mid_stage_equals_the_uninterrupted_run(tmp_path, monkeypatch):
     import recipes.stages
     from tests.test_recipes import Interrupt
@@ -80,6 +82,7 @@ def test_patience_is_checked_and_left_out_of_old_hashes(tmp_path):
     assert experiment.hashed_config(plain, ("finetune",))["finetune"]["patience"] == 5
 
 
+@pytest.mark.slow
 def test_matched_control_gets_spt_pretraining_steps_before_patience_may_stop_it(tmp_path):
     # Frozen pretraining with patience 4, validated every 4 steps: it stops at step 4 * (1 + 4) = 20.
     pre = ["pretrain.lr=1e-12", "pretrain.warmup_steps=0", "pretrain.max_steps=60", "pretrain.eval_every=4",

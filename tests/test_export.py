@@ -30,6 +30,7 @@ def spt_run(tmp_path_factory):
     return root, result
 
 
+@pytest.mark.slow
 def test_a_body_exported_from_an_spt_run_fine_tunes_exactly_as_spt_did(spt_run, capsys):
     root, spt = spt_run
     body = root / "body"

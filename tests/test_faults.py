@@ -57,6 +57,7 @@ CHAIN = [
 ]
 
 
+@pytest.mark.slow
 def test_killed_and_preempted_at_every_point_then_rerun_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     (tmp_path / "ref").mkdir()
     monkeypatch.chdir(tmp_path / "ref")  # the same relative paths as the faulted runs: identical configs
@@ -100,6 +101,7 @@ def test_killed_and_preempted_at_every_point_then_rerun_equals_an_uninterrupted_
     assert (work / "report" / "report.html").read_text().endswith("</html>\n")
 
 
+@pytest.mark.slow
 def test_two_processes_needing_the_same_data_and_pretraining_produce_them_once(tmp_path):
     """Two seeds sharing one pretraining (pretrain.seed=0), started together: one prepares the data
     and pretrains while the other waits on the locks, then reuses both."""
@@ -138,6 +140,7 @@ def edit_number(path) -> None:  # still valid JSON, but not what the run wrote
     path.write_text(text.replace('": 0.', '": 0.9', 1))
 
 
+@pytest.mark.slow
 def test_damaged_files_are_detected_moved_aside_and_recomputed(tmp_path, caplog):
     args = small("spt", *QUICK)
     run = tmp_path / "run"
@@ -190,6 +193,7 @@ class Payload:
         return (open, (self.marker, "w"))
 
 
+@pytest.mark.slow
 def test_planted_pickles_never_run(tmp_path):
     marker = tmp_path / "pwned"
     # A malicious last.pt in a run folder: refused by weights_only, moved aside; the run trains from scratch.
@@ -227,6 +231,7 @@ def nan_gradient(at_call: int):
     return loss_fn
 
 
+@pytest.mark.slow
 def test_non_finite_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes.stages, "classify_loss", nan_gradient(4))
     args = small("supervised", "finetune.max_steps=8", "finetune.ckpt_every=2")
@@ -240,6 +245,7 @@ def test_non_finite_gradient_stops_the_run_and_keeps_the_last_good_checkpoint(tm
     assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+@pytest.mark.slow
 def test_skip_batch_policy_drops_the_bad_batch_and_records_it(tmp_path, monkeypatch):
     monkeypatch.setattr(recipes.stages, "classify_loss", nan_loss(3))
     result = experiment.run(make_cfg(small("supervised", *QUICK, "finetune.on_nan=skip_batch"), tmp_path),

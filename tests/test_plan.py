@@ -32,6 +32,7 @@ def test_bench_rate_interpolates_log_log_and_scales_by_backbone_size():
     assert plan.bench_rate(rows, "cnn", 1000, 10) is None
 
 
+@pytest.mark.slow
 def test_plan_counts_steps_and_hours_as_the_runs_will(tmp_path):
     rows = [{"arch": arch, "L": n, "tokens_per_s": 1e6, "params": 800_000}
             for arch in ("s4", "cnn") for n in (1024, 4096)]
@@ -63,6 +64,7 @@ def test_plan_refuses_a_bad_grid_in_one_line(tmp_path):
         plan.plan(["arch=nope"], None, None)
 
 
+@pytest.mark.slow
 def test_run_py_dry_run_lists_the_grid_and_trains_nothing(tmp_path):
     bench = tmp_path / "t.json"
     bench.write_text(json.dumps({"rows": [{"arch": "cnn", "L": 2048, "tokens_per_s": 1e6, "params": 800_000}]}))

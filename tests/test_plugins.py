@@ -61,6 +61,7 @@ def plugin(tmp_path) -> tuple[Path, Path]:
     return tmp_path / "src", tmp_path / "conf"
 
 
+@pytest.mark.slow
 def test_an_out_of_tree_gru_trains_through_run_py(plugin, tmp_path):
     src, conf = plugin
     out = cli(["arch=gru", f"hydra.searchpath=[file://{conf}]", "recipe=spt", *SHORT], tmp_path, path=(src,))
@@ -76,6 +77,7 @@ def test_an_out_of_tree_gru_trains_through_run_py(plugin, tmp_path):
     assert "%|" not in out.stderr and "generate listops" not in out.stderr  # progress=false: no bars at all
 
 
+@pytest.mark.slow
 def test_an_out_of_tree_plugin_off_the_path_is_one_error_line(plugin, tmp_path):
     _, conf = plugin
     out = cli(["arch=gru", f"hydra.searchpath=[file://{conf}]", "recipe=supervised", *SHORT], tmp_path)
@@ -94,6 +96,7 @@ def check(yamls: list[Path], src: Path | None) -> subprocess.CompletedProcess:
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_archs_check_passes_a_conforming_plugin_and_names_what_a_leaky_one_breaks(plugin):
     src, conf = plugin
     out = check([conf / "arch" / "gru.yaml", conf / "arch" / "leaky.yaml"], src)
@@ -107,6 +110,7 @@ def test_archs_check_passes_a_conforming_plugin_and_names_what_a_leaky_one_break
     assert lines[-1] == "11 of 12 checks passed; 1 failed"
 
 
+@pytest.mark.slow
 def test_archs_check_refuses_what_it_cannot_build_in_one_line(plugin, tmp_path):
     src, conf = plugin
     out = check([conf / "arch" / "gru.yaml"], None)  # the package is not on the path
@@ -116,6 +120,28 @@ def test_archs_check_refuses_what_it_cannot_build_in_one_line(plugin, tmp_path):
         "put its package on PYTHONPATH or pip install -e it"]
     out = check([tmp_path / "missing.yaml"], src)
     assert out.returncode == 2 and "no such file" in out.stderr
+
+
+def test_archs_check_in_process_usage_and_refusals(tmp_path, capsys):
+    """recipes.check_arch's command without a subprocess: usage, a missing file, a YAML that names no class,
+    and what it builds from a good one (the runs above go through `python -m recipes.check_arch`)."""
+    from archs import conformance
+    from recipes import check_arch as check
+
+    assert check.main(["--help"]) == 0 and "python -m recipes.check_arch PATH" in capsys.readouterr().out
+    assert check.main([]) == 2
+    capsys.readouterr()
+    assert check.main([str(tmp_path / "missing.yaml")]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.strip().splitlines() == [
+        f"error: {tmp_path / 'missing.yaml'}: no such file; give the path of a backbone YAML such as "
+        "conf/arch/gru.yaml"]
+    (tmp_path / "plain.yaml").write_text("d_model: 8\n")
+    assert check.main([str(tmp_path / "plain.yaml")]) == 2
+    assert "a backbone YAML needs `_target_: package.module.Class`" in capsys.readouterr().err
+    cfg = check.load(ROOT / "conf" / "arch" / "cnn.yaml")
+    assert cfg.name == "cnn" and all(cfg[k] == v for k, v in conformance.SMALL.items())
+    assert sum(p.numel() for p in check.make(cfg, seed=0).parameters()) > 0
 
 
 def test_a_task_plugin_that_cannot_be_imported_is_one_config_error():

@@ -29,9 +29,12 @@ MIN_PARAMS = {"lra_image": 100_000, "lra_retrieval": 500_000, "lra_pathfinder": 
 # Full attention over Path-X's 16,384 pixels needs a large GPU: there, the test composes the
 # preset and builds its task and model without running a step.
 HEAVY = {"lra_pathx"}
+# Measured at 3-25 s each (paper-scale models, long sequences): the slow tier (tests/conftest.py).
+SLOW = {"lra_listops", "lra_text", "lra_image", "lra_pathfinder"}
 
 
-@pytest.mark.parametrize("preset", [p for p in PRESETS if p not in HEAVY])
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in SLOW else p
+                                    for p in PRESETS if p not in HEAVY])
 def test_preset_runs_a_step(tmp_path, preset):
     data = [f"task.data_dir={DATA[preset](tmp_path)}"] if preset in DATA else []
     cfg = make_cfg([f"experiment={preset}", "recipe=spt", *SHRINK, *data], tmp_path)

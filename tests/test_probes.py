@@ -202,6 +202,7 @@ def test_bad_probe_settings_are_one_line(tmp_path, bad):
 QUICK = ["finetune.epochs=2", "pretrain.epochs=2", "probes.n_examples=6"]
 
 
+@pytest.mark.slow
 def test_probes_are_recorded_for_every_stage_and_never_change_training(tmp_path):
     on = experiment.run(make_cfg(tiny("spt", *QUICK), tmp_path), tmp_path / "on")
     off = experiment.run(make_cfg(tiny("spt", *QUICK, "probes.enabled=false"), tmp_path / "x"), tmp_path / "off")
@@ -218,6 +219,7 @@ def test_probes_are_recorded_for_every_stage_and_never_change_training(tmp_path)
     assert sup["probes"]["stages"]["init"] == stages["init"]  # the same seed builds the same body
 
 
+@pytest.mark.slow
 def test_a_complete_run_without_probes_gets_the_same_probes_from_its_checkpoints(tmp_path):
     for recipe in ("spt", "supervised"):
         cfg = make_cfg(tiny(recipe, *QUICK), tmp_path)

@@ -28,6 +28,7 @@ def rows(path):
     return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_spt_end_to_end_learns(tmp_path):
     cfg = make_cfg(tiny("spt"), tmp_path)
     result = experiment.run(cfg, tmp_path / "run")
@@ -45,6 +46,7 @@ def test_spt_end_to_end_learns(tmp_path):
     assert stages == {"pretrain", "finetune"}
 
 
+@pytest.mark.slow
 def test_causal_spt_uses_next_token_prediction_and_learns(tmp_path):
     cfg = make_cfg(tiny("spt", "arch.causal=true"), tmp_path)
     result = experiment.run(cfg, tmp_path / "run")
@@ -54,6 +56,7 @@ def test_causal_spt_uses_next_token_prediction_and_learns(tmp_path):
     assert m["test_acc"] > majority_rate(cfg, tmp_path) + 0.05
 
 
+@pytest.mark.slow
 def test_supervised_learns(tmp_path):
     cfg = make_cfg(tiny("supervised"), tmp_path)
     result = experiment.run(cfg, tmp_path / "run")
@@ -61,6 +64,7 @@ def test_supervised_learns(tmp_path):
     assert "pretrain" not in result["steps"]
 
 
+@pytest.mark.slow
 def test_pretraining_is_cached_by_what_it_depends_on(tmp_path, caplog):
     first = experiment.run(make_cfg(tiny("spt", *QUICK_SPT), tmp_path), tmp_path / "a")
     with caplog.at_level(logging.INFO):
@@ -98,6 +102,7 @@ class Interrupt:
 
 
 # Fine-tuning resumes with length-bucketed batches: their order must come back the same mid-epoch.
+@pytest.mark.slow
 @pytest.mark.parametrize("stage,bucket", [("pretrain", 0), ("finetune", 3)])
 def test_resume_after_interruption_is_bitwise_identical(tmp_path, monkeypatch, caplog, stage, bucket):
     extra = ["pretrain.ckpt_every=4", "finetune.ckpt_every=4", "pretrain.epochs=2",
@@ -131,6 +136,7 @@ def test_non_finite_loss_is_recorded_as_failed(tmp_path, monkeypatch):
     assert "metrics" not in result
 
 
+@pytest.mark.slow
 def test_complete_run_is_not_redone_and_other_configs_are_refused(tmp_path):
     args = tiny("supervised", *QUICK)
     first = experiment.run(make_cfg(args, tmp_path), tmp_path / "run")
@@ -141,6 +147,7 @@ def test_complete_run_is_not_redone_and_other_configs_are_refused(tmp_path):
     assert (tmp_path / "run" / "result.json").stat().st_mtime_ns == stamp  # the good result is untouched
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_architecture_is_refused(tmp_path, monkeypatch):
     args = tiny("supervised", "finetune.ckpt_every=2")
     monkeypatch.setattr(recipes.stages, "classify_loss", Interrupt(recipes.stages.classify_loss, 6))

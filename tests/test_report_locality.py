@@ -127,6 +127,7 @@ def check(cells: list[str], mean: float, interval: tuple, n=None, digits: int = 
         assert cells[2] == str(n), cells
 
 
+@pytest.mark.slow
 def test_influence_tables_mean_and_ci_per_stage_and_axis_value(study):
     root, out, accs, probes, md, text = study
     assert "Locality" in md and text.startswith("\n\n54 of 55 counted runs carry probes")
@@ -150,6 +151,7 @@ def test_influence_tables_mean_and_ci_per_stage_and_axis_value(study):
     assert "| cnn | supervised | pretrained |" not in headline and "| cnn | spt | pretrained |" in headline
 
 
+@pytest.mark.slow
 def test_attention_per_layer_head_mean_and_layer_mean(study):
     root, out, accs, probes, md, text = study
     dist = section(text, "Attention distance per layer", "Attention entropy")
@@ -185,6 +187,7 @@ def expected_changes(accs, probes, what, layer, archs=ARCHS):
     return out
 
 
+@pytest.mark.slow
 def test_change_in_locality_gain_and_correlation(study):
     root, out, accs, probes, md, text = study
     change = section(text, "Change in locality", "\n## ")
@@ -215,6 +218,7 @@ def test_change_in_locality_gain_and_correlation(study):
             in change)
 
 
+@pytest.mark.slow
 def test_locality_csv_one_row_per_cell_stage_measure(study):
     root, out, accs, probes, md, text = study
     csv = pd.read_csv(out / "locality.csv", dtype={"layer": str})
@@ -233,6 +237,7 @@ def test_locality_csv_one_row_per_cell_stage_measure(study):
                        ci(boot(v, key(0.3, "transformer", "spt", "pretrained", "attention.local_share", 1))))
 
 
+@pytest.mark.slow
 def test_locality_figures_are_written_and_embedded(study):
     root, out, accs, probes, md, text = study
     for name in ("locality_influence_listops_0.png", "locality_attention_listops_0.png"):
@@ -257,6 +262,7 @@ def plain(root, probes_for=lambda arch, recipe, seed: None):
     return out, (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_runs_without_probes_give_no_section(tmp_path):
     out, md = plain(tmp_path)
     assert "Locality" not in md and not (out / "locality.csv").exists() and not list(out.glob("locality_*"))
@@ -268,6 +274,7 @@ def test_runs_without_probes_give_no_section(tmp_path):
     assert not stale.exists() and not (out / "locality.csv").exists()
 
 
+@pytest.mark.slow
 def test_no_axis_two_cells_and_broken_probes(tmp_path):
     """Without an axis: plain columns, 2 cells (correlation undefined), and probes that are partly not numbers,
     not a dict or lack stages are skipped without a crash."""

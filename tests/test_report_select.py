@@ -72,6 +72,7 @@ def grid(tmp_path_factory):
     return root, out, accs, (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_best_validation_is_kept_and_every_table_uses_it(grid):
     root, out, accs, md = grid
     task = section(md, "## Task: listops", "\n## ")
@@ -98,6 +99,7 @@ def test_best_validation_is_kept_and_every_table_uses_it(grid):
     assert results.selected.sum() == 18 and results.counted.sum() == 12 and not results.selected.isna().any()
 
 
+@pytest.mark.slow
 def test_selection_section_and_csv(grid):
     root, out, accs, md = grid
     text = section(md, "## Hyperparameter selection", "\n## ")
@@ -121,6 +123,7 @@ def test_selection_section_and_csv(grid):
     assert set(sel[sel.recipe == "supervised"]["pretrain.lr"]) == {"<unused>"}
 
 
+@pytest.mark.slow
 def test_test_accuracy_never_changes_the_choice(grid, tmp_path):
     root, out, accs, md = grid
     make_grid(tmp_path, test=lambda acc: 1.2 - acc)  # test accuracies reversed, validation untouched
@@ -131,6 +134,7 @@ def test_test_accuracy_never_changes_the_choice(grid, tmp_path):
     assert strip((other / "report.md").read_text()) == strip(md)
 
 
+@pytest.mark.slow
 def test_tie_rule(tmp_path):
     """Equal mean val: more seeds wins, even with the larger lr; equal seeds too: the smaller value of the
     keys in the order declared (means equal up to float rounding tie)."""
@@ -164,6 +168,7 @@ def test_tie_rule(tmp_path):
 KEY = "task.train_fraction"
 
 
+@pytest.mark.slow
 def test_choice_per_axis_value_and_the_axis_is_still_detected(tmp_path):
     """The best lr on validation is 3e-4 at fraction 0.1 and 1e-3 at 1.0; the axis is the fraction."""
     accs = {}
@@ -202,6 +207,7 @@ def test_choice_per_axis_value_and_the_axis_is_still_detected(tmp_path):
     assert "differ in 2 settings (finetune.lr, task.train_fraction)" in md and "Hyperparameter selection" not in md
 
 
+@pytest.mark.slow
 def test_search_keys_from_the_command_line_and_bad_ones(tmp_path, capsys):
     for ft in FT_LRS:
         for seed in range(2):

@@ -77,6 +77,7 @@ def resamples(accs: dict, f, arch, recipe):
     return np.array(values), boot(values, f"listops|{arch}|{recipe}|{arch}-{recipe}-{f}")
 
 
+@pytest.mark.slow
 def test_axis_is_detected_and_its_tables_match(study):
     root, out, accs, md = study
     text = section(md, f"### Along the study axis {KEY}", "\n## ")
@@ -112,6 +113,7 @@ def test_axis_is_detected_and_its_tables_match(study):
     assert "several configurations" not in md and "## Warnings" not in md
 
 
+@pytest.mark.slow
 def test_axis_csv_holds_the_same_numbers(study):
     root, out, accs, md = study
     csv = pd.read_csv(out / "axis.csv")
@@ -134,6 +136,7 @@ def test_axis_csv_holds_the_same_numbers(study):
         assert len(floor) == 1 and np.isclose(floor.iloc[0], ORDER_FREE[f])
 
 
+@pytest.mark.slow
 def test_axis_figures_are_written(study):
     root, out, accs, md = study
     for name in ("axis_accuracy_listops_0.png", "axis_effects_listops_0.png"):
@@ -144,6 +147,7 @@ def test_axis_figures_are_written(study):
     assert page.count('src="data:image/png;base64,') == len(list(out.glob("*.png")))
 
 
+@pytest.mark.slow
 def test_floors_table_per_axis_value(study):
     root, out, accs, md = study
     floors = section(md, "### Floors", "### Accuracy")
@@ -157,6 +161,7 @@ def test_floors_table_per_axis_value(study):
     same(table_row(pretrain, "cnn", "spt", "cnn-spt-", "0.1"), "3", 0.2, (0.2, 0.2), 0.155, "yes")
 
 
+@pytest.mark.slow
 def test_declared_axis_that_does_not_vary_is_one_error_line(study, capsys):
     root, out, accs, md = study
     for key, why in (("finetune.lr", "does not vary between the configurations of any task (settings that do: "
@@ -175,6 +180,7 @@ def test_declared_axis_that_does_not_vary_is_one_error_line(study, capsys):
     assert strip(text) .replace(str(declared), "") == strip(md).replace(str(out), "")
 
 
+@pytest.mark.slow
 def test_order_free_flag_marks_exactly_the_cells_not_above_it(tmp_path):
     """Baseline 0.40: one cell clearly above, one whose CI straddles it, one single seed below it."""
     cells = {("above", "spt"): [0.60, 0.62, 0.64], ("straddle", "spt"): [0.35, 0.45, 0.41],
@@ -250,6 +256,7 @@ def test_compute_matched_gain_table_without_an_axis(tmp_path):
     assert "Along the study axis" not in md and not (out / "axis.csv").exists()
 
 
+@pytest.mark.slow
 def test_two_varying_settings_are_no_axis(tmp_path):
     """Configurations differing in two settings within several arch × recipe pairs: no axis is guessed, the
     cells stay apart as before, and a warning names the settings and --axis."""

@@ -102,6 +102,7 @@ def grid(tmp_path_factory):
     return root, out, accs, (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_cell_rows_mean_std_ci_and_budget(grid):
     root, out, accs, md = grid
     for (task, arch, recipe), a in accs.items():
@@ -158,6 +159,7 @@ def check_gaps(text: str, cells: dict) -> dict:
     return gaps
 
 
+@pytest.mark.slow
 def test_gaps_gap_closed_and_gains(grid):
     root, out, accs, md = grid
     closed_table = md.split("## Gap closed by spt")[1].split("\n## ")[0]
@@ -202,6 +204,7 @@ def test_gaps_gap_closed_and_gains(grid):
              ci(spt[1] - sup[1]))
 
 
+@pytest.mark.slow
 def test_report_is_reproducible(grid):
     root, out, accs, md = grid
     again = root / "again"
@@ -286,6 +289,7 @@ def test_mixed_implementations_and_devices_are_flagged(tmp_path):
     assert "listops / mamba / spt [g-defaul] pools runs of several code versions (?, abc)" in md
 
 
+@pytest.mark.slow
 def test_single_seed_and_undefined_gap_closed_are_said_not_nan(tmp_path):
     for arch in ("a", "b"):
         write(tmp_path, f"{arch}/sup", arch=arch, recipe="supervised", group_hash=f"{arch}s",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from recipes import experiment
 from tests.conftest import make_cfg
 
@@ -13,6 +15,7 @@ SHORT = ["task.n_train=64", "task.n_val=32", "task.n_test=32", "task.max_length=
          "finetune.eval_every=2", "pretrain.batch_size=16", "finetune.lr=0.002"]
 
 
+@pytest.mark.slow
 def test_the_log_names_the_run_its_size_implementation_and_stages(tmp_path, caplog, capsys):
     caplog.set_level(logging.INFO)
     overrides = ["arch=mamba", "recipe=spt", "seed=3", "progress=false", *SHORT]

@@ -112,6 +112,7 @@ def test_subset_keeps_each_example_whole(splits):
 QUICK = ["finetune.max_steps=3", "finetune.eval_every=3", "pretrain.max_steps=3", "pretrain.eval_every=3"]
 
 
+@pytest.mark.slow
 def test_spt_pretrains_on_the_labelled_inputs_only(tmp_path):
     labelled = experiment.run(make_cfg(tiny("spt", *QUICK, "task.train_fraction=0.25"), tmp_path / "a"),
                               tmp_path / "a" / "run")
@@ -126,6 +127,7 @@ def test_spt_pretrains_on_the_labelled_inputs_only(tmp_path):
     assert half["baselines"] != labelled["baselines"]
 
 
+@pytest.mark.slow
 def test_compute_matched_control_takes_as_many_steps_as_spt(tmp_path):
     # pretraining by epochs (1 epoch of the 300 labelled inputs at batch 32 = 10 steps), fine-tuning by steps
     shared = ["task.train_fraction=0.5", "pretrain.epochs=1", "pretrain.batch_size=32", "finetune.max_steps=3",
@@ -136,6 +138,16 @@ def test_compute_matched_control_takes_as_many_steps_as_spt(tmp_path):
     assert matched["steps"] == {"finetune": spt["steps"]["pretrain"] + spt["steps"]["finetune"]}
     assert matched["matched"] == {"pretrain": 10, "finetune": 3, "total": 13}
     assert "pretrain" not in matched  # it pretrains nothing: it only counts
+
+
+def test_compute_matched_control_counts_spt_pretraining_without_running_it(tmp_path):
+    """The fast tier's run of recipe=supervised_matched (the test above also runs spt, to compare):
+    pretraining by epochs is counted on the pretraining inputs, 600 at batch 100 = 6 steps."""
+    shared = ["pretrain.epochs=1", "pretrain.batch_size=100", "finetune.max_steps=3", "finetune.eval_every=3"]
+    matched = experiment.run(make_cfg(tiny("supervised_matched", *shared), tmp_path), tmp_path / "matched")
+    assert matched["status"] == "ok"
+    assert matched["matched"] == {"pretrain": 6, "finetune": 3, "total": 9}
+    assert matched["steps"] == {"finetune": 9} and "pretrain" not in matched
 
 
 @pytest.mark.parametrize("override", ["task.train_fraction=0", "task.train_fraction=1.5", "pretrain.inputs=some",

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import cli, tiny
 
 QUICK = ["finetune.max_steps=2", "pretrain.max_steps=2", "task.n_train=100", "task.n_val=50", "task.n_test=50"]
 
 
+@pytest.mark.slow
 def test_sweep_end_builds_the_report_and_keeps_failures_visible(tmp_path):
     args = [*tiny("spt")[1:], *QUICK]
     proc = cli(["-m", "recipe=supervised,spt", "seed=0,1", *args], cwd=tmp_path)
@@ -65,6 +68,7 @@ def test_report_hook_is_configured_and_can_be_turned_off(tmp_path):
     assert not (tmp_path / "report").exists()
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_in_one_job_does_not_stop_the_sweep(tmp_path, monkeypatch):
     """Hydra would abort a sweep on a job's unexpected exception (and skip the report); run.py records
     it and goes on, so every job runs and the sweep still ends with exit status 1."""

@@ -69,6 +69,7 @@ def test_split_and_data_key_are_pure_functions_of_seed_and_sizes():
     assert len(Digits().data_key()["sha256"]) == 64  # the images and labels themselves
 
 
+@pytest.mark.slow
 def test_supervised_transformer_learns_well_above_chance(tmp_path):
     cfg = make_cfg([*TINY, "recipe=supervised", "finetune.epochs=10", "finetune.lr=0.01",
                     "finetune.warmup_steps=10"], tmp_path)
@@ -77,6 +78,7 @@ def test_supervised_transformer_learns_well_above_chance(tmp_path):
     assert result["metrics"]["test_acc"] > 0.5  # chance 0.1 (measured 0.76)
 
 
+@pytest.mark.slow
 def test_spt_masked_pixel_pretraining_beats_the_unigram_floor(tmp_path):
     cfg = make_cfg([*TINY, "recipe=spt", "pretrain.epochs=15", "pretrain.lr=0.003", "pretrain.warmup_steps=10",
                     "finetune.epochs=1"], tmp_path)

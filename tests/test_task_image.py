@@ -95,6 +95,7 @@ def test_missing_and_malformed_data_are_clear_errors(tmp_path):
         Image(data_dir=str(root)).splits(tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_spt_end_to_end_with_l1_pixel_objective(tmp_path):
     root, _ = write_cifar(tmp_path, n_per_batch=4)
     cfg = make_cfg(["task=image", "recipe=spt", f"task.data_dir={root}", *TINY], tmp_path)

@@ -68,6 +68,7 @@ def test_generator_is_deterministic_and_seeded():
     assert not np.array_equal(a, c)
 
 
+@pytest.mark.slow
 def test_logistic_regression_on_image_statistics_is_near_chance():
     """The generator's shortcut guard, small: fit on 200 images, test on 200 others."""
     tr_x, tr_y, _ = generate(200, 16, seed=10, progress=False)
@@ -148,6 +149,7 @@ def test_bad_options_are_refused():
         Pathfinder(pixel_loss="mse")
 
 
+@pytest.mark.slow
 def test_spt_end_to_end_on_generated_pathfinder(tmp_path):
     cfg = make_cfg(["task=pathfinder", "recipe=spt", "task.n_train=16", "task.n_val=8", "task.n_test=8", *TINY],
                    tmp_path)

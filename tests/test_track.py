@@ -29,6 +29,7 @@ def numeric(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("stage", "step") and isinstance(v, (int, float))}
 
 
+@pytest.mark.slow
 def test_default_config_hashes_are_unchanged_by_the_logger_group():
     """The config hashes of default runs, as computed before conf/logger/ existed: adding the logger group
     (and finetune.init_from, left out of the hash while null) must not move any existing run."""
@@ -52,6 +53,7 @@ def tensorboard_events(run_dir: Path):
     return scalars, texts
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_every_metrics_row_the_config_and_the_result(tmp_path):
     pytest.importorskip("tensorboard")
     run_dir = tmp_path / "run"
@@ -109,6 +111,7 @@ def item_key(item) -> str:
     return item.key or "/".join(item.nested_key)
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_named_after_the_run_folder_and_gets_rows_config_and_result(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR", "WANDB_ARTIFACT_DIR"):
