@@ -116,6 +116,7 @@ def test_the_docs_show_run_commands():
     assert len(RUN_COMMANDS) > 20 and len(SKIPPED) <= 2, SKIPPED
 
 
+@pytest.mark.slow
 def test_every_run_command_composes():
     """Each override list, with each value of a swept key in turn, composes with conf/ and passes the
     run's value checks — the same as `python run.py ... --dry-run` up to building the model."""

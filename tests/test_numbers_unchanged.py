@@ -68,6 +68,7 @@ def collect(tmp: Path) -> dict:
     return got
 
 
+@pytest.mark.slow
 def test_fixed_seed_runs_give_the_recorded_numbers(tmp_path):
     recorded = json.loads(RECORD.read_text())
     got = collect(tmp_path)

@@ -31,6 +31,7 @@ def hydra_made(folder):
     return folder
 
 
+@pytest.mark.slow
 def test_a_second_process_in_the_same_folder_is_refused_in_one_line(tmp_path):
     run_dir = hydra_made(tmp_path / "runs" / "a" / "seed0")
     hold = (f"import time\nfrom filelock import FileLock\nlock = FileLock({str(run_dir / '.lock')!r})\n"
@@ -64,6 +65,7 @@ def test_a_refused_command_leaves_no_folder_and_a_used_folder_stays(tmp_path):
     assert (used / "run.log").read_text().startswith("[2026")
 
 
+@pytest.mark.slow
 def test_a_missing_data_folder_is_said_before_a_clash_with_a_finished_run(tmp_path):
     run_dir = tmp_path / "run"
     experiment.run(make_cfg(SHORT, tmp_path), run_dir)
@@ -76,6 +78,7 @@ def test_a_missing_data_folder_is_said_before_a_clash_with_a_finished_run(tmp_pa
     assert (run_dir / "result.json").is_file()
 
 
+@pytest.mark.slow
 def test_user_mistakes_are_one_line_with_status_2_and_no_folder(tmp_path):
     for args, expected in ((["finetune.lrr=0.1"], "error: unknown key finetune.lrr: did you mean finetune.lr?"),
                            (["arch=mamba", "arch.d_model=big"], "error: arch.d_model='big' must be a number"),
@@ -166,6 +169,7 @@ def test_wall_time_adds_every_attempt_once(tmp_path):
     assert experiment.account_time({"finetune": 30.0}, False, tmp_path, 5.0)["total"] == 30.0
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_a_total_that_counts_both_attempts(tmp_path, monkeypatch):
     real, calls = recipes.stages.classify_loss, []
 
@@ -191,6 +195,7 @@ def test_an_interrupted_run_resumes_to_a_total_that_counts_both_attempts(tmp_pat
     assert wall["total"] >= attempts[0]  # the first attempt's time is in the total
 
 
+@pytest.mark.slow
 def test_the_report_shows_result_jsons_total_as_wall_time(tmp_path):
     from reports.load import load_runs
 
@@ -200,6 +205,7 @@ def test_the_report_shows_result_jsons_total_as_wall_time(tmp_path):
     assert row.compute_s == total
 
 
+@pytest.mark.slow
 def test_the_unigram_floor_is_logged_to_4_digits(tmp_path, caplog):
     import logging
 
