@@ -1,7 +1,8 @@
 """The settings' schemas (recipes/config_schema.py): a bad value of any option of the stage, model,
 compute and probes sections is refused in one line — on the command line before Hydra makes a run
-folder (run.check_overrides; run.py prints it as `error: ...` and exits 2), and in a run before any
-data is prepared or any stage trains. The check never changes the config: what it accepts is run as
+folder (run.check_overrides; run.py prints it as `error: ...` and exits 2: tests/test_cli.py), and in a
+run before any data is prepared or any stage trains (the issue's case: finetune.bucket_pool=-1 with
+recipe=spt failed only after pretraining). The check never changes the config: what it accepts is run as
 written (an int stays an int, so config_hash stays)."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from recipes import config_schema, experiment
 from recipes.errors import ConfigError
 from run import check_overrides
 from tasks.base import Task
-from tests.conftest import ROOT, cli, make_cfg
+from tests.conftest import ROOT, make_cfg
 
 SPT = ["recipe=spt"]
 
@@ -111,13 +112,3 @@ def test_the_check_changes_nothing(tmp_path):
     config_schema.check(cfg, ("pretrain", "finetune"))
     assert OmegaConf.to_container(cfg) == before
     assert type(cfg.finetune.lr) is int and type(cfg.finetune.grad_clip) is int
-
-
-@pytest.mark.slow  # a Python that imports torch
-def test_the_issues_case_on_the_command_line(tmp_path):
-    """finetune.bucket_pool=-1 with recipe=spt once failed only after pretraining had run."""
-    proc = cli(["recipe=spt", "finetune.bucket_pool=-1", "progress=false"], cwd=tmp_path)
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == ("error: finetune.bucket_pool=-1 must be a whole number of batches >= 0 "
-                                   "(0 = off)")
-    assert not (tmp_path / "runs").exists()  # refused before Hydra made the run folder
