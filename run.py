@@ -89,10 +89,11 @@ def check_launcher(argv: list[str]) -> str | None:
 
 
 def check_overrides(argv: list[str]) -> str | None:
-    """A misspelt key, or a word where a number goes, as one line with exit status 2 before Hydra makes
-    a run folder (Hydra itself prints a multi-line message and exits 1). The command's overrides are
-    composed once here, a sweep by the first value of each swept key. Anything this check cannot judge
-    (config folders of the user's own, flags, a failure that is not a composition error) is left to Hydra."""
+    """A misspelt key, a word where a number goes, or a setting its schema refuses (check_settings), as
+    one line with exit status 2 before Hydra makes a run folder (Hydra itself prints a multi-line message
+    and exits 1). The command's overrides are composed once here, a sweep by the first value of each swept
+    key. Anything this check cannot judge (config folders of the user's own, flags, a failure that is not a
+    composition error) is left to Hydra."""
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     if any(a.startswith("-") for a in overrides):  # --config-dir, --cfg, --help, ...: Hydra's business
         return None
@@ -127,6 +128,9 @@ def check_overrides(argv: list[str]) -> str | None:
         return None  # let Hydra say it in full
     except Exception:
         return None
+    problem = check_settings(cfg)
+    if problem:
+        return problem
     for o, line in zip(parsed, first):
         key = o.key_or_group
         if o.type.name != "CHANGE" or "/" in key or key in GROUPS or key.startswith("hydra."):
@@ -136,6 +140,22 @@ def check_overrides(argv: list[str]) -> str | None:
         numeric = isinstance(default, (int, float)) and not isinstance(default, bool)
         if numeric and isinstance(value, str) and not line.partition("=")[2].startswith("${"):
             return f"{key}={value!r} must be a number (its default is {default})"
+    return None
+
+
+def check_settings(cfg: DictConfig) -> str | None:
+    """The composed settings against their schemas (recipes/config_schema.py), so that a bad value
+    is refused before Hydra makes a run folder; the run checks them again (a sweep's other values)."""
+    from recipes import config_schema
+    from recipes.errors import ConfigError
+    from recipes.experiment import recipe_module
+
+    try:
+        config_schema.check(cfg, recipe_module(cfg.recipe).STAGES)
+    except ConfigError as exc:
+        return str(exc)
+    except Exception:  # e.g. an interpolation that resolves only under Hydra: the run says it
+        return None
     return None
 
 

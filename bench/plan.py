@@ -137,7 +137,7 @@ def measured_rate(cfg, length: int, batch: int, device: str, cache: dict) -> flo
 
 def plan(overrides: list[str], rows: list[dict] | None, measure_on: str | None) -> list[dict]:
     """-> one row per run. measure_on: None (rates from `rows`), "run" (each run's own device), cpu, cuda."""
-    from recipes import experiment
+    from recipes import config_schema, experiment
     from recipes.model import n_params
 
     first = expand(overrides, {})[0]  # one run of the command line's lists, to read the preset's sweep
@@ -146,7 +146,7 @@ def plan(overrides: list[str], rows: list[dict] | None, measure_on: str | None) 
     for run_overrides in expand(overrides, dict(preset)):
         cfg = compose(run_overrides)
         recipe = experiment.recipe_module(cfg.recipe)
-        experiment.check_values(cfg, recipe.STAGES)
+        config_schema.check(cfg, recipe.STAGES)
         task = experiment.build_task(cfg.task)
         params = experiment.check_model(cfg, task, recipe.STAGES)
         backbone = n_params(experiment.build_body(cfg, task).backbone)

@@ -29,7 +29,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from archs.base import is_causal
-from recipes.engine import checkpoint, compute, distributed, guard
+from recipes import config_schema
+from recipes.engine import checkpoint, compute, distributed
 from recipes.engine.loop import NEW_WHEN_SET
 from recipes.errors import USER_ERRORS, ConfigError, TrainingDiverged, root_cause, unwritable
 from recipes.extras import baselines, export, probes, track
@@ -195,55 +196,6 @@ def recipe_module(recipe_cfg) -> object:
     return module
 
 
-def check_seed(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError(f"{name}={value!r} must be a non-negative integer")
-
-
-def check_values(cfg: DictConfig, stages: tuple[str, ...]) -> None:
-    """Impossible values that the modules would otherwise hit late or silently."""
-    check_seed("seed", cfg.seed)
-    for stage in stages:
-        hp = cfg[stage]
-        if "seed" in hp:
-            check_seed(f"{stage}.seed", hp.seed)
-        for key in ("batch_size", "eval_batch_size", "epochs"):
-            value = hp[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer")
-        pool = hp.get("bucket_pool", 0)
-        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 0):
-            raise ConfigError(f"{stage}.bucket_pool={pool!r} must be a whole number of batches >= 0 (0 = off)")
-        for key in ("max_steps", "eval_every", "ckpt_every", "patience", "min_steps"):
-            value = hp.get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-                raise ConfigError(f"{stage}.{key}={value!r} must be a positive integer or null")
-        for key in ("lr", "weight_decay", "grad_clip", "warmup_steps", "min_lr_ratio"):
-            if isinstance(hp[key], bool) or not isinstance(hp[key], (int, float)):
-                raise ConfigError(f"{stage}.{key}={hp[key]!r} must be a number")
-        if not hp.lr > 0:
-            raise ConfigError(f"{stage}.lr={hp.lr} must be > 0")
-        for key in ("weight_decay", "grad_clip", "warmup_steps"):
-            if hp[key] < 0:
-                raise ConfigError(f"{stage}.{key}={hp[key]} must be >= 0")
-        if not isinstance(hp.warmup_steps, int):
-            raise ConfigError(f"{stage}.warmup_steps={hp.warmup_steps} must be a whole number of steps")
-        if not 0 <= hp.min_lr_ratio <= 1:
-            raise ConfigError(f"{stage}.min_lr_ratio={hp.min_lr_ratio} must be in [0, 1]")
-        ratio = hp.get("mask_ratio")
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1):
-            raise ConfigError(f"{stage}.mask_ratio={ratio!r} must be a number in (0, 1), or null for the "
-                              "task's default")
-        if hp.get("on_nan", "stop") not in guard.ON_NAN:
-            raise ConfigError(f"{stage}.on_nan={hp.on_nan!r} must be one of {', '.join(guard.ON_NAN)}")
-        pixel_loss = hp.get("pixel_loss")
-        if pixel_loss is not None and pixel_loss not in ("ce", "l1"):
-            raise ConfigError(f"{stage}.pixel_loss={pixel_loss!r} must be ce, l1, or null for the task's default")
-        betas = list(hp.betas) if OmegaConf.is_list(hp.betas) else None
-        if not betas or len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ConfigError(f"{stage}.betas={hp.betas!r} must be two numbers in [0, 1), e.g. [0.9, 0.98]")
-
-
 def hashed_config(plain: dict, stages: tuple[str, ...]) -> dict:
     """What defines a run (its config_hash, and with the seeds left out its group_hash): the resolved
     config without NOT_HASHED keys and without the stages its recipe does not run. finetune.init_from is
@@ -328,7 +280,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     started = time.perf_counter()
     plain = resolve(cfg)
     recipe = recipe_module(cfg.recipe)
-    check_values(cfg, recipe.STAGES)
+    config_schema.check(cfg, recipe.STAGES)  # every setting's type and range, before anything is prepared
     if "_target_" in cfg.arch:  # a plugin off the path fails now, not after the data is prepared
         locate(cfg.arch._target_, f"arch '{cfg.arch.name}'")
     hashed = hashed_config(plain, recipe.STAGES)

@@ -120,7 +120,7 @@ def test_the_docs_show_run_commands():
 def test_every_run_command_composes():
     """Each override list, with each value of a swept key in turn, composes with conf/ and passes the
     run's value checks — the same as `python run.py ... --dry-run` up to building the model."""
-    from recipes import experiment
+    from recipes import config_schema, experiment
 
     done = set()  # many commands share variants: compose each once
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -140,7 +140,7 @@ def test_every_run_command_composes():
                 done.add(tuple(variant))
                 try:
                     cfg = compose("config", overrides=variant)
-                    experiment.check_values(cfg, experiment.recipe_module(cfg.recipe.name).STAGES)
+                    config_schema.check(cfg, experiment.recipe_module(cfg.recipe.name).STAGES)
                 except Exception as exc:
                     pytest.fail(f"{page}: {command}\n  {' '.join(variant)}: {type(exc).__name__}: {exc}")
 

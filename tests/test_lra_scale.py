@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recipes import experiment
+from recipes import config_schema, experiment
 from recipes.errors import ConfigError
 from recipes.model import n_params
 from tests.conftest import make_cfg
@@ -77,7 +77,7 @@ def paper_cfg(task: str, arch: str, tmp_path, *extra: str):
 def test_every_backbone_builds_at_paper_scale_with_its_published_size(tmp_path, task, arch):
     cfg = paper_cfg(task, arch, tmp_path)
     stages = ("pretrain", "finetune")
-    experiment.check_values(cfg, stages)
+    config_schema.check(cfg, stages)
     built = experiment.build_task(cfg.task)
     total = experiment.check_model(cfg, built, stages)
     backbone = n_params(experiment.build_body(cfg, built).backbone)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from recipes import experiment
+from recipes import config_schema, experiment
 from tests.conftest import make_cfg
 from tests.fixtures import lra
 
@@ -50,7 +50,7 @@ def test_heavy_preset_composes_and_builds(tmp_path, preset):
     from recipes.model import build_body
 
     cfg = make_cfg([f"experiment={preset}", "recipe=spt"], tmp_path)
-    experiment.check_values(cfg, ("pretrain", "finetune"))
+    config_schema.check(cfg, ("pretrain", "finetune"))
     task = experiment.build_task(cfg.task)
     assert task.spec.max_len == 16384 and task.spec.kind == "pixels"
     body = build_body(cfg, task)

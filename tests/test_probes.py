@@ -13,7 +13,7 @@ from torch import nn
 
 from archs.cnn import CNN
 from archs.transformer import Attention, Transformer
-from recipes import experiment
+from recipes import config_schema, experiment
 from recipes.engine import checkpoint
 from recipes.errors import ConfigError
 from recipes.extras import probes
@@ -196,7 +196,7 @@ def test_random_directions_estimate_the_exact_norm():
                                  "probes.enabled=maybe", "+probes.width=3"])
 def test_bad_probe_settings_are_one_line(tmp_path, bad):
     with pytest.raises(ConfigError, match="probes"):
-        probes.settings(make_cfg(tiny("supervised", bad), tmp_path))
+        config_schema.check(make_cfg(tiny("supervised", bad), tmp_path), ("finetune",))
 
 
 QUICK = ["finetune.epochs=2", "pretrain.epochs=2", "probes.n_examples=6"]

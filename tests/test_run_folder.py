@@ -82,7 +82,7 @@ def test_a_missing_data_folder_is_said_before_a_clash_with_a_finished_run(tmp_pa
 def test_user_mistakes_are_one_line_with_status_2_and_no_folder(tmp_path):
     for args, expected in ((["finetune.lrr=0.1"], "error: unknown key finetune.lrr: did you mean finetune.lr?"),
                            (["arch=mamba", "arch.d_model=big"], "error: arch.d_model='big' must be a number"),
-                           (["finetune.lr=-1"], "error: finetune.lr=-1 must be > 0")):
+                           (["finetune.lr=-1"], "error: finetune.lr=-1 must be a number > 0")):
         out = cli([*args, "out_root=runs"], tmp_path)
         assert out.returncode == 2, out.stderr
         assert out.stderr.strip().splitlines() == [out.stderr.strip()] and out.stderr.startswith(expected)

@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 from sklearn.linear_model import LogisticRegression
 
-from recipes import experiment
+from recipes import config_schema, experiment
 from recipes.engine.loop import epoch_order, pad_share
 from recipes.errors import ConfigError
 from recipes.extras import baselines
@@ -191,7 +191,7 @@ def test_study_preset_composes_each_backbone_with_its_own_settings(tmp_path, arc
     assert set(axes) == {"arch", "recipe", "task.train_fraction", "seed"}  # the design in its header
     assert len(axes["task.train_fraction"].split(",")) >= 3 and len(axes.seed.split(",")) >= 3
     assert set(axes.recipe.split(",")) == {"supervised", "spt", "supervised_matched"}
-    experiment.check_values(cfg, ("pretrain", "finetune"))
+    config_schema.check(cfg, ("pretrain", "finetune"))
     assert cfg.finetune.max_steps == cfg.pretrain.max_steps and cfg.pretrain.inputs == "labelled"
 
 
@@ -209,7 +209,7 @@ def test_converged_study_preset_composes_its_design(tmp_path, task):
     assert min(lrs) < preset.pretrain.lr  # a fine-tuning lr below the pretraining lr is in the grid
     for arch in ("transformer", "mamba"):
         cfg = make_cfg(["experiment=study_cpu_converged", f"task={task}", f"arch={arch}", "recipe=spt"], tmp_path)
-        experiment.check_values(cfg, ("pretrain", "finetune"))
+        config_schema.check(cfg, ("pretrain", "finetune"))
         assert cfg.finetune.patience and cfg.pretrain.patience and cfg.arch.dropout == 0.1
         assert cfg.pretrain.inputs == "labelled" and list(cfg.search) == ["finetune.lr"]
         per_task = OmegaConf.load(ROOT / "conf" / "per_task" / "study_cpu_converged" / f"{task}.yaml")

@@ -40,30 +40,19 @@ PLAIN = Compute()  # fp32, one forward per share, batches built in the training 
 
 
 def resolve(cfg: DictConfig, device: torch.device) -> Compute:
-    """conf `compute:` -> Compute, with `auto` decided for `device`; bad values as one line."""
+    """conf `compute:` -> Compute, with `auto` decided for `device`. Its values' types and ranges are
+    checked before (recipes/config_schema.py); what this device cannot do is refused here, in one line."""
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision not in PRECISIONS:
-        raise ConfigError(f"compute.precision={precision!r} is not one of auto, {', '.join(PRECISIONS)}")
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("compute.precision=fp16 needs CUDA; on CPU use fp32 (or bf16)")
-    if not isinstance(cfg.compile, bool):
-        raise ConfigError(f"compute.compile={cfg.compile!r} must be true or false")
-    micro = cfg.micro_batch_size
-    if micro is not None and (isinstance(micro, bool) or not isinstance(micro, int) or micro <= 0):
-        raise ConfigError(f"compute.micro_batch_size={micro!r} must be a positive integer or null")
-    workers = cfg.num_workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ConfigError(f"compute.num_workers={workers!r} must be an integer >= 0")
     pin = cfg.pin_memory
     if pin == "auto":
         pin = device.type == "cuda"  # page-locked host memory: copies to the GPU run asynchronously
-    if not isinstance(pin, bool):
-        raise ConfigError(f"compute.pin_memory={pin!r} must be auto, true or false")
     if pin and device.type != "cuda":
         raise ConfigError("compute.pin_memory=true only helps copies to a GPU; on CPU use auto or false")
-    return Compute(precision, cfg.compile, micro, workers, pin)
+    return Compute(precision, cfg.compile, cfg.micro_batch_size, cfg.num_workers, pin)
 
 
 def hardware(device: torch.device, compute: Compute, impl: str | None = None) -> dict:

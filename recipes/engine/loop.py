@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from recipes.engine import checkpoint, distributed, guard
 from recipes.engine.compute import PLAIN, Compute, batches
-from recipes.errors import CheckpointError, ConfigError, TrainingDiverged
+from recipes.errors import CheckpointError, TrainingDiverged
 from tasks.base import TokenSplit
 
 log = logging.getLogger(__name__)
@@ -218,8 +218,6 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     steps_per_epoch = math.ceil(len(train) / hp.batch_size)
     lengths = train.lengths()
     pool = hp.get("bucket_pool") or 0
-    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
-        raise ConfigError(f"{stage.name}.bucket_pool={pool!r} must be a whole number of batches >= 0 (0 = off)")
     total = total_steps(hp, len(train))
     eval_every = int(hp.eval_every) if hp.get("eval_every") else steps_per_epoch
     warmup = min(int(hp.warmup_steps), total)

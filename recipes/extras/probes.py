@@ -38,7 +38,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from recipes.engine import checkpoint, distributed
-from recipes.errors import ConfigError
 from tasks.base import seeded_subset
 
 DEFAULTS = {"enabled": True, "n_examples": 32, "positions": 4, "directions": 8, "window": 8, "seed": 0}
@@ -46,21 +45,9 @@ CHUNK = 8  # documents per backward pass of the influence probe (times `position
 
 
 def settings(cfg: DictConfig) -> dict | None:
-    """The checked probe settings of a run (None when probes.enabled=false)."""
-    given = OmegaConf.to_container(cfg.get("probes") or OmegaConf.create({}), resolve=True)
-    unknown = sorted(set(given) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"probes.{unknown[0]} is not a probe setting; the settings are {', '.join(DEFAULTS)}")
-    s = {**DEFAULTS, **given}
-    if not isinstance(s["enabled"], bool):
-        raise ConfigError(f"probes.enabled={s['enabled']!r} must be true or false")
-    for key in ("n_examples", "positions", "window", "directions", "seed"):
-        value, low = s[key], 0 if key in ("window", "seed") else 1
-        if key == "directions" and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ConfigError(f"probes.{key}={value!r} must be a whole number >= {low}"
-                              + (" or null (exact)" if key == "directions" else ""))
+    """The probe settings of a run (None when probes.enabled=false), checked before the run started
+    (recipes/config_schema.py)."""
+    s = {**DEFAULTS, **OmegaConf.to_container(cfg.get("probes") or OmegaConf.create({}), resolve=True)}
     if not s.pop("enabled"):
         return None
     return {**s, "split": "val"}
