@@ -8,7 +8,7 @@ USER_ERRORS exception and write nothing, so no file ever claims a result that wa
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import importlib
 import json
 import logging
@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from recipes.errors import USER_ERRORS, ConfigError, TrainingDiverged, root_caus
 from recipes.extras import baselines, export, probes, track
 from recipes.model import build_body, build_classifier, n_params, pooling_for
 from recipes.plugins import locate
+from recipes.schema import VERSION, Context, combine, digest
 from recipes.stages import objective_for, pixel_loss_for
 from tasks.base import DataError, Task, label_fraction
 
@@ -45,30 +45,14 @@ REPO = Path(__file__).resolve().parent.parent
 NOT_HASHED = ("out_root", "cache_dir", "progress", "device", "compute", "baselines", "probes", "logger", "search")
 
 
-@dataclass
-class Context:
-    """What a recipe's run(ctx) gets."""
-
-    cfg: DictConfig
-    task: Task
-    splits: dict
-    run_dir: Path
-    cache_dir: Path
-    device: torch.device
-    seed: int
-    identity: dict  # stored in every checkpoint of this run; a mismatch refuses to resume
-    progress: bool
-    compute: compute.Compute = compute.PLAIN  # precision, compile, micro-batches, loading
-    full_train: object = None  # the whole train split when task.train_fraction < 1 (splits["train"] is the subset)
-
-    def announce(self, body) -> None:
-        """Log the run's header line, once a recipe has built its body: what runs, how big, on what,
-        with which implementation, and where its files go."""
-        cfg = self.cfg
-        log.info("run: task %s | arch %s | recipe %s | seed %s | params %s backbone + %s encoder | device %s | "
-                 "precision %s | impl %s | folder %s", cfg.task.name, cfg.arch.name, cfg.recipe.name, self.seed,
-                 f"{n_params(body.backbone):,}", f"{n_params(body.encoder):,}", self.device, self.compute.precision,
-                 implementation(body.backbone, cfg.arch.d_model, self.device), self.run_dir)
+def announce(ctx: Context, body) -> None:
+    """Log the run's header line, once a recipe has built its body (its ctx.announce): what runs, how big,
+    on what, with which implementation, and where its files go."""
+    cfg = ctx.cfg  # read at the call: a recipe may have replaced it (recipes/supervised_matched.py)
+    log.info("run: task %s | arch %s | recipe %s | seed %s | params %s backbone + %s encoder | device %s | "
+             "precision %s | impl %s | folder %s", cfg.task.name, cfg.arch.name, cfg.recipe.name, ctx.seed,
+             f"{n_params(body.backbone):,}", f"{n_params(body.encoder):,}", ctx.device, ctx.compute.precision,
+             implementation(body.backbone, cfg.arch.d_model, ctx.device), ctx.run_dir)
 
 
 def implementation(backbone: torch.nn.Module, d_model: int, device: torch.device) -> str:
@@ -82,10 +66,6 @@ def implementation(backbone: torch.nn.Module, d_model: int, device: torch.device
         backbone(torch.zeros(1, 2, d_model, device=device), torch.ones(1, 2, dtype=torch.bool, device=device))
     backbone.train(training)
     return str(backbone.impl)
-
-
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def code_version() -> str:
@@ -214,6 +194,22 @@ def hashed_config(plain: dict, stages: tuple[str, ...]) -> dict:
     return hashed
 
 
+def seedless(cfg: DictConfig, hashed: dict) -> dict:
+    """The hashed config without its seeds: what the runs of one group (a cell of the report) share.
+    Seeds vary within a group. A pretraining seed that follows the run's (`${seed}`, or any expression of
+    it) varies with it; one pinned to a constant (shared pretraining) stays, so the two designs are never
+    pooled. Whether it follows is asked of the config itself: does it change when the run's seed does."""
+    out = json.loads(json.dumps(hashed))
+    out.pop("seed")
+    if "pretrain" in out and "seed" in out["pretrain"]:
+        other = copy.deepcopy(cfg)  # deep: a shallow copy's sections would still resolve against cfg
+        OmegaConf.set_readonly(other, False)
+        other.seed = cfg.seed + 1
+        if other.pretrain.seed != cfg.pretrain.seed:
+            out["pretrain"].pop("seed")
+    return out
+
+
 class FolderBusy(ConfigError):
     """Another process is running in this run folder (the same command started twice)."""
 
@@ -285,14 +281,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         locate(cfg.arch._target_, f"arch '{cfg.arch.name}'")
     hashed = hashed_config(plain, recipe.STAGES)
     config_hash = digest(hashed)
-    seedless = json.loads(json.dumps(hashed))
-    seedless.pop("seed")
-    # Seeds vary within a group. A pretraining seed that follows the run's (`${seed}`) varies with
-    # it; one pinned to a constant (shared pretraining) stays, so the two designs are never pooled.
-    if "pretrain" in seedless and OmegaConf.to_container(cfg.pretrain).get("seed") == "${seed}":
-        seedless["pretrain"].pop("seed")
     head = {"task": cfg.task.name, "arch": cfg.arch.name, "recipe": cfg.recipe.name, "seed": cfg.seed,
-            "config_hash": config_hash, "group_hash": digest(seedless)}
+            "config_hash": config_hash, "group_hash": digest(seedless(cfg, hashed))}
 
     # The task and its data source first: a missing data folder is said as such, not as a clash with a
     # finished run in the folder this command would use.
@@ -328,7 +318,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         if problem:
             raise ConfigError(f"cannot write to {folder} ({problem}): set {option} to a writable folder")
     track.start(cfg.get("logger"), run_dir, Path(cfg.out_root), head, plain)  # logger=...: before the data, too
-    base = {**head, "device": device.type, "hardware": compute.hardware(device, how), "code_version": code_version(),
+    base = {"schema": VERSION, **head, "device": device.type, "hardware": compute.hardware(device, how),
+            "code_version": code_version(),
             "versions": {"python": platform.python_version(), "torch": torch.__version__}, "config": plain}
     try:
         check_model(cfg, task, recipe.STAGES)  # before the data: seconds, not the minutes preparing it takes
@@ -338,9 +329,8 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
         ctx = Context(cfg=cfg, task=task, splits=splits, run_dir=run_dir, cache_dir=cache_dir, device=device,
                       seed=cfg.seed, identity=identity, progress=bars(cfg),
                       compute=how, full_train=full_train)
+        ctx.announce = lambda body: announce(ctx, body)
         out = recipe.run(ctx)
-        if floors is not None:
-            out["baselines"] = floors
     except KeyboardInterrupt:  # also guard.Preempted: the rerun resumes, and counts this attempt's time
         track.finish(None)
         record_attempt(run_dir, time.perf_counter() - started)
@@ -354,10 +344,11 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     except Exception as exc:
         track.finish(write_failed(result_path, base, f"{type(exc).__name__}: {exc}", started))
         raise
-    out["wall_time_s"] = account_time(out["wall_time_s"], (out.get("pretrain") or {}).get("reused", False),
-                                      run_dir, time.perf_counter() - started)
-    result = {**base, "status": "ok", "reason": None, **out,
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    wall = account_time(out["wall_time_s"], (out.get("pretrain") or {}).get("reused", False), run_dir,
+                        time.perf_counter() - started)
+    result = combine(base, {"status": "ok", "reason": None, "created": datetime.now(timezone.utc).isoformat(
+        timespec="seconds")}, out, {"baselines": floors} if floors is not None else {},
+        {"wall_time_s": {k: wall[k] for k in ("overhead", "total")}})
     if distributed.is_main():  # under torchrun, one process writes
         checkpoint.write_json(result_path, result)
     track.finish(result)
@@ -413,9 +404,8 @@ def write_failed(path: Path, base: dict, reason: str, started: float, **extra) -
     """Write (on rank 0) and return a failed run's result; its attempt's time is counted by the rerun."""
     log.error("run failed: %s", reason)
     record_attempt(path.parent, time.perf_counter() - started)
-    failed = {**base, "status": "failed", "reason": reason, **extra,
-              "wall_time_s": {"total": round(time.perf_counter() - started, 3)},
-              "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    failed = combine(base, {"status": "failed", "reason": reason, "created": datetime.now(timezone.utc).isoformat(
+        timespec="seconds")}, extra, {"wall_time_s": {"total": round(time.perf_counter() - started, 3)}})
     if distributed.is_main():
         checkpoint.write_json(path, failed)
     return failed

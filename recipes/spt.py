@@ -7,7 +7,8 @@ under a fresh classifier head, with the same settings as recipe=supervised.
 
 from __future__ import annotations
 
-from recipes.stages import finetune, pretrain
+from recipes.schema import combine
+from recipes.stages import finetune, pretrain, pretrain_part
 
 STAGES = ("pretrain", "finetune")
 
@@ -16,16 +17,4 @@ def run(ctx) -> dict:
     body, summary, record, probes = pretrain(ctx)
     result = finetune(ctx, body, prefix_rows=summary["history"])
     probes.take("finetuned", body)
-    probes.add_to(result)
-    history = summary["history"]
-    result["metrics"].update({
-        "pretrain_val_loss": summary["best_val"]["loss"], "pretrain_val_acc": summary["best_val"]["acc"],
-        "pretrain_first_train_loss": history[0]["train_loss"], "pretrain_last_train_loss": history[-1]["train_loss"],
-        "pretrain_best_step": summary["best_step"],
-    })
-    result["steps"]["pretrain"] = summary["steps"]
-    result["stopping"]["pretrain"] = summary.get("stopping")  # None: cached before stages recorded it
-    result["skipped_steps"]["pretrain"] = summary["skipped_steps"]
-    result["wall_time_s"]["pretrain"] = summary["wall_time_s"]
-    result["pretrain"] = record
-    return result
+    return combine(result, probes.part(), pretrain_part(summary, record))

@@ -15,8 +15,6 @@ fine-tuning reuse it; set `pretrain.seed=0` to share one pretraining across fine
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 
 import torch
@@ -32,6 +30,7 @@ from recipes.extras import track
 from recipes.extras.probes import Recorder
 from recipes.model import Body, TokenPredictor, build_body, build_classifier, n_params, pooling_for
 from recipes.objectives import mask_tokens, next_token_targets, pixel_l1_loss, token_loss
+from recipes.schema import combine, digest, stage_part
 
 log = logging.getLogger(__name__)
 OBJECTIVES = ("auto", "mlm", "ntp")
@@ -129,7 +128,7 @@ def pretrain(ctx, announce: bool = True):
                   "arch": OmegaConf.to_container(cfg.arch, resolve=True),
                   "pretrain": {**settings, "objective": objective, "mask_ratio": ratio, "seed": seed,
                                "pixel_loss": pixel_loss}}
-    key = hashlib.sha256(json.dumps(depends_on, sort_keys=True).encode()).hexdigest()[:16]
+    key = digest(depends_on)
     out = ctx.cache_dir / "pretrain" / key
     out.mkdir(parents=True, exist_ok=True)
     train_loss, val_loss = losses(objective, ratio, spec.mask_id, pixel_loss, spec.pixel_levels)
@@ -168,7 +167,6 @@ def pretrain(ctx, announce: bool = True):
     return body, summary, record, probes
 
 
-
 def classify_loss(model: nn.Module, ids: Tensor, mask: Tensor, labels: Tensor):
     """-> (cross-entropy, n correct, n examples) of model(ids, mask) (B, C) against labels (B,).
     ids and mask are (B, L), or (B, 2, L) for dual-input tasks."""
@@ -191,16 +189,21 @@ def finetune(ctx, body: Body, prefix_rows: list[dict] = (), no_stop_before: int 
                   no_stop_before=no_stop_before, on_log=track.rows)
     test = evaluate(model, classify_loss, ctx.splits["test"], hp.eval_batch_size, spec.pad_id, ctx.device,
                     ctx.compute)
-    return {
+    return combine(stage_part("finetune", summary), {
         "metrics": {"val_acc": summary["best_val"]["acc"], "val_loss": summary["best_val"]["loss"],
                     "test_acc": test["acc"], "test_loss": test["loss"], "best_step": summary["best_step"]},
         "params": {"total": n_params(model), "backbone": n_params(body.backbone)},
-        "steps": {"finetune": summary["steps"]},  # taken: the cap, or fewer when patience stopped the stage
-        "stopping": {"finetune": summary.get("stopping")},  # cap, where and why it stopped, converged
-        "wall_time_s": {"finetune": summary["wall_time_s"]},
         # Which implementation ran (e.g. Mamba's fused CUDA kernels or the PyTorch path).
         "impl": str(getattr(body.backbone, "impl", "torch")),
-        "skipped_steps": {"finetune": summary["skipped_steps"]},  # batches dropped by on_nan=skip_batch
-    }
+    })
+
+
+def pretrain_part(summary: dict, record: dict) -> dict:
+    """What a pretraining adds to a result: its stage sections, its metrics, and its record."""
+    history = summary["history"]
+    return combine(stage_part("pretrain", summary), {"pretrain": record, "metrics": {
+        "pretrain_val_loss": summary["best_val"]["loss"], "pretrain_val_acc": summary["best_val"]["acc"],
+        "pretrain_first_train_loss": history[0]["train_loss"], "pretrain_last_train_loss": history[-1]["train_loss"],
+        "pretrain_best_step": summary["best_step"]}})
 
 

@@ -7,6 +7,7 @@ import torch
 from recipes.extras import export
 from recipes.extras.probes import Recorder
 from recipes.model import build_body
+from recipes.schema import combine
 from recipes.stages import finetune
 
 STAGES = ("finetune",)  # config sections this recipe runs; the others stay out of its hash
@@ -23,4 +24,4 @@ def run(ctx) -> dict:
     probes.take("pretrained" if source else "init", body)  # a shared body is a pretrained one
     result = finetune(ctx, body)
     probes.take("finetuned", body)  # the best-on-validation weights, the ones tested
-    return probes.add_to({**result, "init_from": source} if source else result)
+    return combine(result, probes.part(), {"init_from": source} if source else {})

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from recipes.engine.loop import total_steps
 from recipes.extras.probes import Recorder
 from recipes.model import build_body
+from recipes.schema import combine
 from recipes.stages import finetune, pretrain, pretrain_split
 
 STAGES = ("finetune", "pretrain")
@@ -55,5 +56,5 @@ def run(ctx) -> dict:
     probes.take("init", body)
     result = finetune(ctx, body, no_stop_before=steps["pretrain"] if cfg.finetune.get("patience") else 0)
     probes.take("finetuned", body)
-    result["matched"] = steps  # the spt run this one matches: its pretraining steps and fine-tuning cap
-    return probes.add_to(result)
+    # matched: the spt run this one matches, its pretraining steps and fine-tuning cap
+    return combine(result, probes.part(), {"matched": steps})

@@ -2,19 +2,19 @@
 
 A run folder is a Hydra job folder (`.hydra/config.yaml`) or a folder with a `checkpoints/`
 subfolder or `metrics.jsonl`; the pretraining cache (`_cache/`) and report folders are neither.
-Nothing is imported from the training code: the fields read here are those that
-recipes/experiment.py writes (task, arch, recipe, seed, status, reason, config_hash, group_hash,
-metrics, params, steps, wall_time_s, device, hardware, impl, config, baselines, stopping) and the
-rows of recipes/engine/loop.py's metrics.jsonl (stage, step, val_acc, ...).
+result.json is read through recipes/schema.py (a torch-free leaf, the one module reports import from
+the training code: it defines the file, and reads every version of it); metrics.jsonl rows are those
+of recipes/engine/loop.py (stage, step, val_acc, ...).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import pandas as pd
+
+from recipes.schema import STAGES, Result, read_result
 
 REQUIRED = ("task", "arch", "recipe", "seed", "group_hash", "config_hash")
 # Reference floors a run computed from its own data (result.json `baselines`): column -> (part, field).
@@ -24,7 +24,6 @@ BASELINES = {"majority_val_acc": ("majority", "val_acc"), "majority_test_acc": (
 # Where each stage stopped (result.json `stopping`, recipes/engine/loop.py; `stop` is its field `steps`). None
 # where a result predates it, or the stage did not run (no pretraining in supervised recipes).
 STOPPING = ("stop", "cap", "best_step", "epochs", "reason", "patience", "converged")
-STAGES = ("finetune", "pretrain")
 STOPPING_COLUMNS = [f"{stage}_{col}" for stage in STAGES for col in STOPPING]
 COLUMNS = ["path", "task", "arch", "recipe", "seed", "status", "reason", "config_hash", "group_hash", "device",
            "impl", "test_acc", "val_acc", "params", "pretrain_steps", "finetune_steps", "compute_s",
@@ -42,10 +41,10 @@ def _part(d, name: str) -> dict:
     return v if isinstance(v, dict) else {}
 
 
-def baselines(r: dict) -> dict:
+def baselines(r: Result) -> dict:
     """result.json `baselines` as BASELINES columns and `baseline_n` ('500/500/500': train/val/test); None
     where a result lacks them (written before runs recorded them) or holds something that is no accuracy."""
-    b = _part(r, "baselines")
+    b = r.baselines
     out = {col: fraction(_part(b, part).get(field)) for col, (part, field) in BASELINES.items()}
     n = _part(b, "n")
     out["baseline_n"] = "/".join(str(n.get(s, "?")) for s in ("train", "val", "test")) if n else None
@@ -56,12 +55,12 @@ def _count(v) -> int | None:
     return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
-def stopping(r: dict) -> dict:
+def stopping(r: Result) -> dict:
     """result.json `stopping` as STOPPING_COLUMNS; a field missing or of the wrong type reads as None
     (unknown), never as a guess."""
     out = {}
     for stage in STAGES:
-        s = _part(_part(r, "stopping"), stage)
+        s = r.stopped(stage)
         epochs = s.get("epochs")
         out.update({f"{stage}_stop": _count(s.get("steps")), f"{stage}_cap": _count(s.get("cap")),
                     f"{stage}_best_step": _count(s.get("best_step")),
@@ -73,35 +72,18 @@ def stopping(r: dict) -> dict:
     return out
 
 
-def _row(path: Path, r: dict) -> dict:
-    metrics = r.get("metrics") or {}
-    steps = r.get("steps") or {}
-    wall = r.get("wall_time_s") or {}
-    pretrain = r.get("pretrain") or {}
+def _row(path: Path, r: Result) -> dict:
     return {
-        "path": str(path.parent), "task": r.get("task"), "arch": r.get("arch"), "recipe": r.get("recipe"),
-        "seed": r.get("seed"), "status": r.get("status"), "reason": r.get("reason"),
-        "config_hash": r.get("config_hash"), "group_hash": r.get("group_hash"), "device": hardware_label(r),
-        "impl": r.get("impl"), "test_acc": metrics.get("test_acc"), "val_acc": metrics.get("val_acc"),
-        "params": (r.get("params") or {}).get("total"), "pretrain_steps": steps.get("pretrain", 0),
-        "finetune_steps": steps.get("finetune"),
-        # Time spent on this result: result.json's total (stages, probes and overhead over all attempts, a
-        # reused pretraining at what it cost when it ran, so a cached stage does not make SPT look cheap).
-        # Files written before `overhead` existed held this process's time in `total`: their stages only.
-        "compute_s": wall.get("total") if "overhead" in wall else
-        sum(v for k, v in wall.items() if k not in ("total", "probes") and isinstance(v, (int, float))) or None,
-        "pretrain_reused": pretrain.get("reused"), "code_version": r.get("code_version"),
-        "pretrain_val_acc": fraction(metrics.get("pretrain_val_acc")), **baselines(r), **stopping(r),
+        "path": str(path.parent), "task": r.task, "arch": r.arch, "recipe": r.recipe, "seed": r.seed,
+        "status": r.status, "reason": r.reason, "config_hash": r.config_hash, "group_hash": r.group_hash,
+        "device": r.hardware_label, "impl": r.impl, "test_acc": r.metrics.get("test_acc"),
+        "val_acc": r.metrics.get("val_acc"), "params": r.params.get("total"),
+        "pretrain_steps": r.steps.get("pretrain", 0), "finetune_steps": r.steps.get("finetune"),
+        # Time spent on this result, a reused pretraining at what it cost when it ran, so that a cached stage
+        # does not make SPT look cheap (Result.compute_s: also for files from before `overhead`).
+        "compute_s": r.compute_s, "pretrain_reused": r.pretrain.get("reused"), "code_version": r.code_version,
+        "pretrain_val_acc": fraction(r.metrics.get("pretrain_val_acc")), **baselines(r), **stopping(r),
     }
-
-
-def hardware_label(r: dict) -> str | None:
-    """'cuda NVIDIA H100 80GB HBM3 x4 bf16': what a run computed on, from result.json's `hardware`
-    (results written before it was recorded: the device type alone)."""
-    hw = r.get("hardware")
-    if not isinstance(hw, dict):
-        return r.get("device")
-    return f"{hw.get('device')} {hw.get('name')} x{hw.get('world_size')} {hw.get('precision')}"
 
 
 def _check(row: dict) -> str | None:
@@ -140,14 +122,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
     for path in sorted(root.rglob("result.json")):
         with_result.add(path.parent)
         try:
-            r = json.loads(path.read_text())
-            if not isinstance(r, dict):
-                raise ValueError(f"expected a JSON object, found {type(r).__name__}")
-            # The checksum recipes/engine/checkpoint.py writes: a damaged or edited result is never counted.
-            digest = r.pop("sha256", None)
-            if digest is not None and digest != hashlib.sha256(json.dumps(r, sort_keys=True).encode()).hexdigest():
-                raise ValueError("does not match its checksum (damaged or edited); rerun the same command to "
-                                 "recompute it")
+            r = read_result(path)  # checks the checksum: a damaged or edited result is never counted
         except (OSError, ValueError) as exc:
             rows.append({"path": str(path.parent), "status": "unreadable", "reason": f"result.json: {exc}"})
             continue
@@ -189,8 +164,8 @@ def identity_from_folder(d: Path) -> dict:
 def load_config(run_path: str | Path) -> dict:
     """The resolved config stored in a run's result.json ({} when absent)."""
     try:
-        return json.loads((Path(run_path) / "result.json").read_text()).get("config") or {}
-    except (OSError, ValueError, AttributeError):
+        return read_result(Path(run_path) / "result.json").config
+    except (OSError, ValueError):
         return {}
 
 

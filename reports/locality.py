@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recipes.schema import read_result
 from reports import axis as study
 from reports import figures, stats
 from reports.figures import plt
@@ -43,8 +44,8 @@ def number(v) -> float | None:
 def read(path: str) -> dict | None:
     """A run's `probes` (None when its result.json has none, or an unusable one)."""
     try:
-        p = json.loads((Path(path) / "result.json").read_text()).get("probes")
-    except (OSError, ValueError, AttributeError):
+        p = read_result(Path(path) / "result.json").probes
+    except (OSError, ValueError):
         return None
     return p if isinstance(p, dict) and isinstance(p.get("stages"), dict) else None
 

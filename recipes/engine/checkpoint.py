@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from recipes.errors import CheckpointError
+from recipes.schema import checksum as json_digest  # reports check result.json with the same function
 
 log = logging.getLogger(__name__)
 UMASK = os.umask(0o022)
@@ -51,11 +52,6 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def json_digest(obj: dict) -> str:
-    """sha256 of a JSON object's canonical text. reports/load.py recomputes it the same way."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def write_json(path: Path, obj: dict) -> None:

@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +191,186 @@ def accumulate(stage: Stage, model: nn.Module, pieces: list, empty: bool, loaded
     return tuple(distributed.sum_all(sums))
 
 
+@dataclass
+class Schedule:
+    """A stage's numbers of steps, fixed by its settings and the size of its train split."""
+
+    total: int  # optimizer steps: max_steps, or epochs of steps_per_epoch
+    steps_per_epoch: int
+    eval_every: int  # steps between validations (default: one epoch)
+    warmup: int
+    patience: int | None  # validations without a better score that end the stage (None: run to the cap)
+    no_stop_before: int  # patience may not end the stage before this step
+
+    @classmethod
+    def of(cls, hp: DictConfig, n_train: int, no_stop_before: int) -> Schedule:
+        steps_per_epoch = math.ceil(n_train / hp.batch_size)
+        total = total_steps(hp, n_train)
+        # min_steps: patience may not end the stage before it (a from-scratch model can sit at chance, or on a
+        # plateau, for longer than `patience` validations before it starts to learn).
+        return cls(total, steps_per_epoch, int(hp.eval_every) if hp.get("eval_every") else steps_per_epoch,
+                   min(int(hp.warmup_steps), total), hp.get("patience"),
+                   max(no_stop_before, int(hp.get("min_steps") or 0)))
+
+
+@dataclass
+class Running:
+    """Sums over the steps since the last validation, for its train_loss, train_acc and pad_share."""
+
+    loss: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    steps: int = 0
+    real: int = 0  # real tokens and padded slots of those steps' batches
+    padded: int = 0
+
+
+@dataclass
+class TrainState:
+    """What a stage's last.pt holds, and all of the stage that changes as it trains; with the torch RNG
+    of every rank, saved alongside, a stage resumed from it continues exactly as it would have."""
+
+    model: nn.Module
+    optim: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    step: int = 0  # optimizer steps taken
+    elapsed: float = 0.0  # training seconds up to the last save, over all attempts
+    history: list[dict] = field(default_factory=list)  # one metrics row per validation
+    best: dict | None = None  # the best validation's metrics, and its step
+    best_step: int = -1
+    running: Running = field(default_factory=Running)
+    skipped: list[int] = field(default_factory=list)  # steps whose batch on_nan=skip_batch dropped
+
+    def save(self, path: Path, identity: dict, device: torch.device) -> None:
+        """last.pt; collective under torchrun (every rank's RNG is gathered), rank 0 writes."""
+        # Every rank's random state (dropout, masking), so that a resumed DDP run continues each stream.
+        rngs = distributed.gather([torch.get_rng_state(), [torch.cuda.get_rng_state(device)] if device.type == "cuda"
+                                   else []])
+        if not distributed.is_main():
+            return
+        r = self.running
+        checkpoint.save(path, {
+            "identity": identity, "model": self.model.state_dict(), "optim": self.optim.state_dict(),
+            "rng": rngs[0][0], "cuda_rng": rngs[0][1], "rank_rng": rngs[1:], "scaler": self.scaler.state_dict(),
+            "step": self.step, "elapsed": self.elapsed, "history": self.history, "best": self.best,
+            "best_step": self.best_step, "running": [r.loss, r.correct, r.count, r.steps, r.real, r.padded],
+            "skipped": self.skipped,
+        })
+
+    def restore(self, saved: dict, path: Path, seed: int, device: torch.device) -> None:
+        """Continue from a last.pt that checkpoint.load accepted. Files of FORMAT 2 written before
+        data parallelism (no rank_rng, no scaler) and before padding was counted (four running sums)
+        are still accepted, so they still resume."""
+        checkpoint.load_weights(self.model, saved["model"], path)
+        self.optim.load_state_dict(saved["optim"])
+        rngs = [[saved["rng"], saved["cuda_rng"]], *saved.get("rank_rng", [])]
+        if distributed.rank() < len(rngs):
+            cpu_rng, cuda_rng = rngs[distributed.rank()]
+            torch.set_rng_state(cpu_rng)
+            if device.type == "cuda" and cuda_rng:
+                torch.cuda.set_rng_state(cuda_rng[0], device)
+        else:  # more ranks than when the checkpoint was written: new streams for the new ones
+            torch.manual_seed(distributed.rank_seed(seed) + saved["step"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        self.step, self.elapsed, self.history = saved["step"], saved["elapsed"], saved["history"]
+        self.best, self.best_step, self.skipped = saved["best"], saved["best_step"], saved["skipped"]
+        self.running = Running(*saved["running"])
+
+    def patience_ran_out(self, sched: Schedule) -> bool:
+        """Decided at a validation only (the last logged row is this step's)."""
+        return (bool(sched.patience) and self.step >= sched.no_stop_before and bool(self.history)
+                and self.history[-1]["step"] == self.step
+                and validations_since_best(self.history, self.best_step) >= sched.patience)
+
+
+def train_step(stage: Stage, state: TrainState, train_model: nn.Module, pieces: list, empty: bool, loaded,
+               hp: DictConfig, sched: Schedule, compute: Compute, device: torch.device, last_path: Path) -> None:
+    """One optimizer step on one global batch, of which this rank holds `pieces` (micro_batches), read from
+    `loaded`. A non-finite loss or gradient stops the stage (TrainingDiverged) or, with on_nan=skip_batch,
+    changes nothing but `skipped` (not even the logged train loss)."""
+    model, optim, scaler = state.model, state.optim, state.scaler
+    factor = lr_factor(state.step, sched.total, sched.warmup, hp.min_lr_ratio)
+    for group in optim.param_groups:
+        group["lr"] = group["base_lr"] * factor
+    optim.zero_grad(set_to_none=True)
+    loss_sum, correct, count = accumulate(stage, train_model, pieces, empty, loaded, scaler, compute, device)
+    loss = loss_sum / max(count, 1)  # the global batch's mean loss, the same on every rank
+    scaler.unscale_(optim)
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(distributed.world() / max(count, 1))
+    # After DDP's all-reduce the norm, like the loss, is the same on every rank: all ranks take the
+    # same decision below. max_norm=inf measures without clipping.
+    norm = nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip or math.inf)
+    fault = "loss" if not math.isfinite(loss) else None
+    # In fp16 an overflowing gradient is the GradScaler's business: it skips the step, lowers the scale.
+    if fault is None and not torch.isfinite(norm) and compute.precision != "fp16":
+        fault = "gradient"
+    step = state.step
+    if fault and hp.get("on_nan", "stop") == "stop":
+        good = f"last good checkpoint {last_path}" if last_path.exists() else "no checkpoint saved yet"
+        raise TrainingDiverged(f"{stage.name}: non-finite {fault} ({loss}) at step {step}; {good}",
+                               stage=stage.name, step=step, what=fault,
+                               checkpoint=str(last_path) if last_path.exists() else None)
+    if fault:  # on_nan=skip_batch: this batch changes nothing, not even the logged train loss
+        log.warning("%s: non-finite %s at step %d: batch skipped (on_nan=skip_batch)", stage.name, fault, step)
+        state.skipped.append(step)
+        optim.zero_grad(set_to_none=True)
+        scaler.update()
+    else:
+        scaler.step(optim)
+        scaler.update()
+        r = state.running
+        r.loss, r.correct, r.count, r.steps = r.loss + loss, r.correct + correct, r.count + count, r.steps + 1
+
+
+
+
+def validate(stage: Stage, state: TrainState, val: TokenSplit, hp: DictConfig, sched: Schedule, pad_id: int,
+             device: torch.device, compute: Compute, started: float, best_path: Path, identity: dict) -> dict:
+    """One validation, after step state.step: its metrics row onto the history (the running sums start
+    over), and the weights to best.pt when they score best so far. -> the row."""
+    metrics = evaluate(state.model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device, compute)
+    state.elapsed = time.perf_counter() - started
+    r, step = state.running, state.step
+    row = {"stage": stage.name, "step": step, "epoch": round(step / sched.steps_per_epoch, 4),
+           "lr": hp.lr * lr_factor(step - 1, sched.total, sched.warmup, hp.min_lr_ratio),  # the last step's
+           "train_loss": r.loss / r.steps if r.steps else None, "train_acc": r.correct / max(r.count, 1),
+           "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(state.elapsed, 3),
+           # share of the padded batch that was padding, over the steps since the last row
+           "pad_share": round(r.padded / max(r.real + r.padded, 1), 4)}
+    state.history.append(row)
+    state.running = Running()
+    log.info("%s step %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f", stage.name, step, sched.total,
+             row["train_loss"], metrics["loss"], metrics["acc"])
+    score, best = metrics[stage.score], state.best
+    if best is None or (score > best[stage.score] if stage.score == "acc" else score < best[stage.score]):
+        state.best, state.best_step = metrics, step
+        if distributed.is_main():
+            checkpoint.save(best_path, {"identity": identity, "model": state.model.state_dict()})
+    return row
+
+
+def finished(stage: Stage, out_dir: Path, identity: dict) -> dict | None:
+    """The summary of a stage already complete in out_dir (its best weights loaded), or None. Damaged
+    files of the stage are moved aside first, so that it is redone from scratch."""
+    done_path, last_path, best_path = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
+    if distributed.is_main():
+        checkpoint.discard_if_damaged((done_path, last_path, best_path), identity)
+    distributed.barrier()  # no rank looks at the files before rank 0 has checked them
+    if not done_path.exists():
+        return None
+    summary = checkpoint.read_json(done_path)
+    if summary.get("identity") != identity:
+        raise CheckpointError(
+            f"{done_path} belongs to a different configuration "
+            f"({checkpoint.describe_diff(summary.get('identity') or {}, identity)}); delete {out_dir}")
+    checkpoint.load_weights(stage.model, checkpoint.load(best_path, identity)["model"], best_path)
+    log.info("%s: already complete in %s (best step %d)", stage.name, out_dir, summary["best_step"])
+    return summary
+
+
 def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_dir: Path, *, seed: int,
         identity: dict, pad_id: int, device: torch.device, log_path: Path, prefix_rows: list[dict] = (),
         progress: bool = True, compute: Compute = PLAIN, no_stop_before: int = 0,
@@ -201,195 +381,92 @@ def fit(stage: Stage, train: TokenSplit, val: TokenSplit, hp: DictConfig, out_di
     out_dir = Path(out_dir)
     main = distributed.is_main()
     model = stage.model.to(device)
-    done_path, last_path, best_path = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
-    if main:
-        checkpoint.discard_if_damaged((done_path, last_path, best_path), identity)  # damaged: redo the stage
-    distributed.barrier()  # no rank looks at the files before rank 0 has checked them
-    if done_path.exists():
-        summary = checkpoint.read_json(done_path)
-        if summary.get("identity") != identity:
-            raise CheckpointError(
-                f"{done_path} belongs to a different configuration "
-                f"({checkpoint.describe_diff(summary.get('identity') or {}, identity)}); delete {out_dir}")
-        checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
-        log.info("%s: already complete in %s (best step %d)", stage.name, out_dir, summary["best_step"])
+    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    summary = finished(stage, out_dir, identity)
+    if summary is not None:
         return summary
 
-    steps_per_epoch = math.ceil(len(train) / hp.batch_size)
-    lengths = train.lengths()
-    pool = hp.get("bucket_pool") or 0
-    total = total_steps(hp, len(train))
-    eval_every = int(hp.eval_every) if hp.get("eval_every") else steps_per_epoch
-    warmup = min(int(hp.warmup_steps), total)
-    optim = torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
-    better = (lambda a, b: a > b) if stage.score == "acc" else (lambda a, b: a < b)
-    patience = hp.get("patience")
-    # min_steps: patience may not end the stage before it (a from-scratch model can sit at chance, or on a
-    # plateau, for longer than `patience` validations before it starts to learn).
-    no_stop_before = max(no_stop_before, int(hp.get("min_steps") or 0))
+    sched = Schedule.of(hp, len(train), no_stop_before)
+    lengths, pool = train.lengths(), hp.get("bucket_pool") or 0  # bucket_pool checked by recipes.config_schema
     log.info("stage %s: %d steps (%s), batch size %d, lr %g, warmup %d, validation every %d steps%s", stage.name,
-             total, "max_steps" if hp.get("max_steps") else f"{hp.epochs} epochs of {steps_per_epoch}",
-             hp.batch_size, hp.lr, warmup, eval_every,
-             f", early stopping after {patience} validations without a better {stage.score}" if patience else "")
-
-    def patience_ran_out() -> bool:  # decided at a validation only (the last logged row is this step's)
-        return (bool(patience) and step >= no_stop_before and bool(history) and history[-1]["step"] == step
-                and validations_since_best(history, best_step) >= patience)
-    scaler = torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16")
-
-    step, elapsed, history, best, best_step = 0, 0.0, [], None, -1
-    # Sums since the last validation; checkpointed so a resumed run logs the same train_loss.
-    run_loss = run_correct = run_count = 0.0
-    run_steps = run_real = run_padded = 0
-    skipped: list[int] = []  # steps whose batch on_nan=skip_batch dropped
+             sched.total, "max_steps" if hp.get("max_steps") else f"{hp.epochs} epochs of {sched.steps_per_epoch}",
+             hp.batch_size, hp.lr, sched.warmup, sched.eval_every,
+             f", early stopping after {sched.patience} validations without a better {stage.score}"
+             if sched.patience else "")
+    state = TrainState(model, torch.optim.AdamW(param_groups(model, hp.lr, hp.weight_decay), lr=hp.lr,
+                                                betas=tuple(hp.betas)),
+                       torch.amp.GradScaler(device.type, enabled=compute.precision == "fp16"))
     if last_path.exists():
-        state = checkpoint.load(last_path, identity)
-        checkpoint.load_weights(model, state["model"], last_path)
-        optim.load_state_dict(state["optim"])
-        rngs = [[state["rng"], state.get("cuda_rng") or []], *state.get("rank_rng", [])]
-        if distributed.rank() < len(rngs):
-            cpu_rng, cuda_rng = rngs[distributed.rank()]
-            torch.set_rng_state(cpu_rng)
-            if device.type == "cuda" and cuda_rng:
-                torch.cuda.set_rng_state(cuda_rng[0], device)
-        else:  # more ranks than when the checkpoint was written: new streams for the new ones
-            torch.manual_seed(distributed.rank_seed(seed) + state["step"])
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        step, elapsed, history = state["step"], state["elapsed"], state["history"]
-        best, best_step = state["best"], state["best_step"]
-        run_loss, run_correct, run_count, run_steps, *pads = state["running"]
-        run_real, run_padded = pads or (0, 0)  # checkpoints written before padding was counted
-        skipped = state["skipped"]
-        log.info("%s: resuming from %s at step %d of %d", stage.name, last_path, step, total)
+        state.restore(checkpoint.load(last_path, identity), last_path, seed, device)
+        log.info("%s: resuming from %s at step %d of %d", stage.name, last_path, state.step, sched.total)
     else:
         torch.manual_seed(distributed.rank_seed(seed))
 
-    def save_last() -> None:
-        # Every rank's random state (dropout, masking), so that a resumed DDP run continues each stream.
-        rngs = distributed.gather([torch.get_rng_state(), [torch.cuda.get_rng_state(device)] if device.type == "cuda"
-                                   else []])
-        if not main:
-            return
-        checkpoint.save(last_path, {
-            "identity": identity, "model": model.state_dict(), "optim": optim.state_dict(),
-            "rng": rngs[0][0], "cuda_rng": rngs[0][1], "rank_rng": rngs[1:], "scaler": scaler.state_dict(),
-            "step": step, "elapsed": elapsed, "history": history, "best": best, "best_step": best_step,
-            "running": [run_loss, run_correct, run_count, run_steps, run_real, run_padded], "skipped": skipped,
-        })
-
-    started = time.perf_counter() - elapsed
+    started = time.perf_counter() - state.elapsed
     # This attempt's first step and time so far: the stage's estimate times only this attempt's steps.
-    first_step, estimated, elapsed_before = step, False, elapsed
+    first_step, estimated, elapsed_before = state.step, False, state.elapsed
     model.train()
     ddp = distributed.wrap(model)  # shares model's parameters; evaluation and checkpoints use model itself
     train_model = torch.compile(ddp) if compute.compile else ddp
-    bar = tqdm(total=total, initial=step, desc=stage.name, disable=not progress or not main, leave=False,
+    bar = tqdm(total=sched.total, initial=state.step, desc=stage.name, disable=not progress or not main, leave=False,
                dynamic_ncols=True)
     order_epoch, plan, loaded = -1, {}, None
     guard.in_loop(True)
-    # Resumed after its patience ran out (killed before done.json): the stage ends here, as it did then.
-    while step < total and not patience_ran_out():
-        # SIGTERM: acted on at a step boundary, where the state is consistent. Under torchrun the ranks
-        # agree first (ranks may see the signal a step apart, and saving is collective).
-        if distributed.sum_all([float(guard.stop_requested())])[0]:
-            elapsed = time.perf_counter() - started
-            save_last()
-            raise guard.Preempted(f"{stage.name}: saved {last_path} at step {step} of {total}")
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:  # this rank's pieces of every step left in the epoch, loaded ahead
-            order_epoch = epoch
-            order = epoch_order(len(train), seed, epoch, hp.batch_size, lengths, pool)
-            plan = {p: micro_batches(order[p * hp.batch_size : (p + 1) * hp.batch_size], compute.micro_batch_size)
-                    for p in range(pos, min(steps_per_epoch, pos + total - step))}
-            loaded = batches(train, [piece for pieces, _ in plan.values() for piece in pieces], pad_id, compute,
-                             device)
-        factor = lr_factor(step, total, warmup, hp.min_lr_ratio)
-        for group in optim.param_groups:
-            group["lr"] = group["base_lr"] * factor
-        optim.zero_grad(set_to_none=True)
-        loss_sum, correct, count = accumulate(stage, train_model, *plan[pos], loaded, scaler, compute, device)
-        real, padded = pad_share(lengths, [order[pos * hp.batch_size : (pos + 1) * hp.batch_size]])
-        run_real, run_padded = run_real + real, run_padded + padded
-        loss = loss_sum / max(count, 1)  # the global batch's mean loss, the same on every rank
-        scaler.unscale_(optim)
-        for p in model.parameters():
-            if p.grad is not None:
-                p.grad.mul_(distributed.world() / max(count, 1))
-        # After DDP's all-reduce the norm, like the loss, is the same on every rank: all ranks take the
-        # same decision below. max_norm=inf measures without clipping.
-        norm = nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip or math.inf)
-        fault = "loss" if not math.isfinite(loss) else None
-        # In fp16 an overflowing gradient is the GradScaler's business: it skips the step, lowers the scale.
-        if fault is None and not torch.isfinite(norm) and compute.precision != "fp16":
-            fault = "gradient"
-        if fault and hp.get("on_nan", "stop") == "stop":
-            good = f"last good checkpoint {last_path}" if last_path.exists() else "no checkpoint saved yet"
-            raise TrainingDiverged(f"{stage.name}: non-finite {fault} ({loss}) at step {step}; {good}",
-                                   stage=stage.name, step=step, what=fault,
-                                   checkpoint=str(last_path) if last_path.exists() else None)
-        if fault:  # on_nan=skip_batch: this batch changes nothing, not even the logged train loss
-            log.warning("%s: non-finite %s at step %d: batch skipped (on_nan=skip_batch)", stage.name, fault, step)
-            skipped.append(step)
-            optim.zero_grad(set_to_none=True)
-            scaler.update()
-        else:
-            scaler.step(optim)
-            scaler.update()
-            run_loss += loss
-            run_correct += correct
-            run_count += count
-            run_steps += 1
-        step += 1
-        bar.update()
-        if step % eval_every == 0 or step == total:
-            metrics = evaluate(model, stage.eval_loss_fn, val, hp.eval_batch_size, pad_id, device, compute)
-            elapsed = time.perf_counter() - started
-            row = {"stage": stage.name, "step": step, "epoch": round(step / steps_per_epoch, 4),
-                   "lr": hp.lr * factor, "train_loss": run_loss / run_steps if run_steps else None,
-                   "train_acc": run_correct / max(run_count, 1),
-                   "val_loss": metrics["loss"], "val_acc": metrics["acc"], "elapsed_s": round(elapsed, 3),
-                   # share of the padded batch that was padding, over the steps since the last row
-                   "pad_share": round(run_padded / max(run_real + run_padded, 1), 4)}
-            history.append(row)
-            run_loss = run_correct = run_count = 0.0
-            run_real = run_padded = 0
-            run_steps = 0
-            bar.set_postfix(val_loss=f"{metrics['loss']:.3f}", val_acc=f"{metrics['acc']:.3f}")
-            log.info("%s step %d/%d: train_loss %.4f val_loss %.4f val_acc %.4f", stage.name, step, total,
-                     row["train_loss"], metrics["loss"], metrics["acc"])
-            if not estimated and step < total:  # the stage's cost, once its steps and a validation were timed
-                estimated = True
-                per_step = (time.perf_counter() - started - elapsed_before) / (step - first_step)
-                log.info("stage %s: about %s more to the cap of %d steps (%.3g s per step, validations included)%s",
-                         stage.name, clock(per_step * (total - step)), total, per_step,
-                         "; early stopping may end it sooner" if patience else "")
-            if best is None or better(metrics[stage.score], best[stage.score]):
-                best, best_step = metrics, step
+    try:
+        # Resumed after its patience ran out (killed before done.json): the stage ends here, as it did then.
+        while state.step < sched.total and not state.patience_ran_out(sched):
+            # SIGTERM: acted on at a step boundary, where the state is consistent. Under torchrun the ranks
+            # agree first (ranks may see the signal a step apart, and saving is collective).
+            if distributed.sum_all([float(guard.stop_requested())])[0]:
+                state.elapsed = time.perf_counter() - started
+                state.save(last_path, identity, device)
+                raise guard.Preempted(f"{stage.name}: saved {last_path} at step {state.step} of {sched.total}")
+            epoch, pos = divmod(state.step, sched.steps_per_epoch)
+            if epoch != order_epoch:  # this rank's pieces of every step left in the epoch, loaded ahead
+                order_epoch = epoch
+                order = epoch_order(len(train), seed, epoch, hp.batch_size, lengths, pool)
+                plan = {p: micro_batches(order[p * hp.batch_size : (p + 1) * hp.batch_size], compute.micro_batch_size)
+                        for p in range(pos, min(sched.steps_per_epoch, pos + sched.total - state.step))}
+                loaded = batches(train, [piece for pieces, _ in plan.values() for piece in pieces], pad_id, compute,
+                                 device)
+            real, padded = pad_share(lengths, [order[pos * hp.batch_size : (pos + 1) * hp.batch_size]])
+            state.running.real, state.running.padded = state.running.real + real, state.running.padded + padded
+            train_step(stage, state, train_model, *plan[pos], loaded, hp, sched, compute, device, last_path)
+            state.step += 1
+            bar.update()
+            if state.step % sched.eval_every == 0 or state.step == sched.total:
+                row = validate(stage, state, val, hp, sched, pad_id, device, compute, started, best_path, identity)
+                bar.set_postfix(val_loss=f"{row['val_loss']:.3f}", val_acc=f"{row['val_acc']:.3f}")
+                if not estimated and state.step < sched.total:  # once this attempt's steps and a validation were timed
+                    estimated = True
+                    per_step = (time.perf_counter() - started - elapsed_before) / (state.step - first_step)
+                    log.info("stage %s: about %s more to the cap of %d steps (%.3g s per step, validations "
+                             "included)%s", stage.name, clock(per_step * (sched.total - state.step)), sched.total,
+                             per_step, "; early stopping may end it sooner" if sched.patience else "")
+                state.save(last_path, identity, device)
                 if main:
-                    checkpoint.save(best_path, {"identity": identity, "model": model.state_dict()})
-            save_last()
-            if main:
-                write_log(log_path, [*prefix_rows, *history], on_log)
-            if patience_ran_out():
-                log.info("%s: stopped at step %d: %d validations without a better %s (best at step %d)",
-                         stage.name, step, patience, stage.score, best_step)
-                break
-        elif hp.get("ckpt_every") and step % hp.ckpt_every == 0:
-            elapsed = time.perf_counter() - started
-            save_last()
-    guard.in_loop(False)
-    bar.close()
+                    write_log(log_path, [*prefix_rows, *state.history], on_log)
+                if state.patience_ran_out(sched):
+                    log.info("%s: stopped at step %d: %d validations without a better %s (best at step %d)",
+                             stage.name, state.step, sched.patience, stage.score, state.best_step)
+                    break
+            elif hp.get("ckpt_every") and state.step % hp.ckpt_every == 0:
+                state.elapsed = time.perf_counter() - started
+                state.save(last_path, identity, device)
+    finally:  # also when the stage diverged or was interrupted: SIGTERM outside training acts at once again
+        guard.in_loop(False)
+        bar.close()
     if main:
-        write_log(log_path, [*prefix_rows, *history], on_log)  # also when a kill fell between last.pt and the log
+        write_log(log_path, [*prefix_rows, *state.history], on_log)  # also when a kill fell between last.pt and the log
     distributed.barrier()  # rank 0 has written best.pt before any rank reads it
     checkpoint.load_weights(model, checkpoint.load(best_path, identity)["model"], best_path)
-    summary = {"identity": identity, "steps": step, "best_step": best_step, "best_val": best,
-               "stopping": stopping(hp, history, best_step, step, total, eval_every, steps_per_epoch),
-               "wall_time_s": round(time.perf_counter() - started, 3), "history": history,
-               "skipped_steps": skipped}
+    summary = {"identity": identity, "steps": state.step, "best_step": state.best_step, "best_val": state.best,
+               "stopping": stopping(hp, state.history, state.best_step, state.step, sched.total, sched.eval_every,
+                                    sched.steps_per_epoch),
+               "wall_time_s": round(time.perf_counter() - started, 3), "history": state.history,
+               "skipped_steps": state.skipped}
     if main:
-        checkpoint.write_json(done_path, summary)
+        checkpoint.write_json(out_dir / "done.json", summary)
     return summary
 
 

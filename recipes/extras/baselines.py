@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from recipes.engine import checkpoint
+from recipes.schema import digest
 from tasks.base import DualSplit, TokenSplit
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,7 @@ def cached(splits: dict, spec, data_key: dict, cache_dir: Path) -> dict:
                   # the label subset itself, not only its size
                   "train": hashlib.sha256(np.ascontiguousarray(splits["train"].labels).tobytes()
                                           + splits["train"].documents().offsets.tobytes()).hexdigest()[:16]}
-    key = hashlib.sha256(json.dumps(depends_on, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    key = digest(depends_on)
     path = Path(cache_dir) / "baselines" / f"{key}.json"
     found = checkpoint.read_intact(path)
     if found is not None and found.get("depends_on") == json.loads(json.dumps(depends_on, default=str)):

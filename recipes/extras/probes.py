@@ -232,12 +232,13 @@ class Recorder:
         if self.s is not None and distributed.is_main():
             checkpoint.write_json(path, {"settings": self.s, "stages": {k: self.stages[k] for k in stages}})
 
-    def add_to(self, result: dict) -> dict:
-        """result["probes"] and the probes' seconds in result["wall_time_s"] (with the other timings)."""
-        if self.s is not None:
-            result["probes"] = {"settings": self.s, "stages": self.stages}
-            result.setdefault("wall_time_s", {})["probes"] = round(self.seconds, 3)
-        return result
+    def part(self) -> dict:
+        """What the probes add to a result (recipes/schema.py combine): `probes`, and their seconds in
+        `wall_time_s` with the other timings. Nothing when probes are off."""
+        if self.s is None:
+            return {}
+        return {"probes": {"settings": self.s, "stages": self.stages},
+                "wall_time_s": {"probes": round(self.seconds, 3)}}
 
 
 def load_body(body: nn.Module, path: Path, identity: dict) -> None:
@@ -276,6 +277,7 @@ def backfill(cfg: DictConfig, task, splits: dict, run_dir: Path, result: dict, i
         rec.take("init", body)
     load_body(body, run_dir / "checkpoints" / "best.pt", identity)
     rec.take("finetuned", body)
-    found = rec.add_to({**result, "wall_time_s": dict(result.get("wall_time_s") or {})})
-    found["probes"]["added_from_checkpoints"] = True
-    return found
+    # These probes replace any the result held (taken with other settings), in a file of any schema version.
+    part = rec.part()
+    return {**result, "probes": {**part["probes"], "added_from_checkpoints": True},
+            "wall_time_s": {**(result.get("wall_time_s") or {}), **part["wall_time_s"]}}
