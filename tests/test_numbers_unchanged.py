@@ -38,6 +38,19 @@ def numbers(result: dict) -> dict:
 
 
 def collect(tmp: Path) -> dict:
+    """The runs' numbers, on one thread: a CPU kernel's float sums depend on how many threads split them
+    (the record was written with OMP_NUM_THREADS=1; CI and pytest-xdist workers use more)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return runs(tmp)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def runs(tmp: Path) -> dict:
     import recipes.stages
     from recipes import experiment
     from tests.conftest import make_cfg

@@ -79,7 +79,7 @@ def test_an_unexpected_error_in_one_job_does_not_stop_the_sweep(tmp_path, monkey
 
     seeds = []
 
-    def boom(cfg, run_dir):
+    def boom(cfg, run_dir, **_):
         seeds.append(cfg.seed)
         raise RuntimeError(f"boom {cfg.seed}")
 
