@@ -19,6 +19,7 @@ FROZEN = ["finetune.lr=1e-12", "finetune.warmup_steps=0", "finetune.max_steps=60
           "finetune.patience=4"]
 
 
+@pytest.mark.slow  # ~3 s alone on one core: it generates its ListOps
 def test_stops_after_exactly_patience_flat_validations(tmp_path):
     result = experiment.run(make_cfg(tiny("supervised", *FROZEN), tmp_path), tmp_path / "run")
     stop = result["stopping"]["finetune"]
