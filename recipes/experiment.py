@@ -287,7 +287,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     # The task and its data source first: a missing data folder is said as such, not as a clash with a
     # finished run in the folder this command would use.
     task = build_task(cfg.task)
-    task.data_key()  # cheap (parameters, or the source files' names and sizes); raises DataError when absent
+    data_key = task.data_key()  # cheap (parameters, or the source files' names and sizes); DataError when absent
 
     result_path = run_dir / "result.json"
     identity = {"config_hash": config_hash, "config": hashed}
@@ -324,7 +324,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     try:
         check_model(cfg, task, recipe.STAGES)  # before the data: seconds, not the minutes preparing it takes
         splits, full_train = label_subset(task.splits(cache_dir), cfg.task)
-        floors = baselines.cached(splits, task.spec, task.data_key(), cache_dir) if cfg.get("baselines", True) \
+        floors = baselines.cached(splits, task.spec, data_key, cache_dir) if cfg.get("baselines", True) \
             else None
         ctx = Context(cfg=cfg, task=task, splits=splits, run_dir=run_dir, cache_dir=cache_dir, device=device,
                       seed=cfg.seed, identity=identity, progress=bars(cfg),
