@@ -201,7 +201,7 @@ def main(cfg: DictConfig) -> None:
     multirun = hc.mode == RunMode.MULTIRUN  # in a sweep, one bad job must not stop the others
     try:
         with guard.sigterm_saves():  # a preempted run saves a checkpoint, then exits 143
-            experiment.run(cfg, Path(hc.runtime.output_dir), keep_refused=multirun)  # a sweep's report lists it
+            experiment.run(cfg, Path(hc.runtime.output_dir), sweep=multirun)  # its report lists it, reads test
     except USER_ERRORS as exc:
         to_run_log(str(exc))  # for a sweep's report (reports/load.py: last_error); the terminal gets it once
         print(f"error: {exc}", file=sys.stderr)

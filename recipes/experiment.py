@@ -227,16 +227,18 @@ def holds_nothing(run_dir: Path, log_empty: bool = False) -> bool:
     return entries <= HYDRA_ONLY and not (log_empty and log_file.is_file() and log_file.stat().st_size)
 
 
-def run(cfg: DictConfig, run_dir: Path, keep_refused: bool = False) -> dict:
+def run(cfg: DictConfig, run_dir: Path, sweep: bool = False) -> dict:
     """Run one configuration in `run_dir`; return the result dict that was written.
 
     One process at a time per folder: a second copy of the same command is refused in one line
     (FolderBusy), never trains the folder twice. A command refused for a mistake of the user's before it
     wrote anything leaves no folder behind, so that reports never count it as an unfinished run; with
-    `keep_refused` (a sweep's job) the folder stays, so that the sweep's report lists the job and why."""
+    `sweep` (a sweep's job) the folder stays, so that the sweep's report lists the job and why; and the
+    job's log lines name its validation accuracy only, as a study reads test numbers once, at the end,
+    in the sweep's report (result.json keeps them)."""
     run_dir = Path(run_dir)
     if int(os.environ.get("RANK", "0")) > 0:  # torchrun: rank 0 holds the folder for its process group
-        return execute(cfg, run_dir)
+        return execute(cfg, run_dir, sweep)
     made_here = holds_nothing(run_dir, log_empty=True)
     lock = FileLock(str(run_dir / ".lock"))
     try:
@@ -249,9 +251,9 @@ def run(cfg: DictConfig, run_dir: Path, keep_refused: bool = False) -> dict:
     except OSError:
         lock = None  # an unwritable folder: execute() says so in one line
     try:
-        return execute(cfg, run_dir)
+        return execute(cfg, run_dir, sweep)
     except USER_ERRORS:
-        if made_here and not keep_refused and holds_nothing(run_dir):
+        if made_here and not sweep and holds_nothing(run_dir):
             if lock is not None:
                 lock.release()
                 lock = None
@@ -271,7 +273,7 @@ def remove_rejected(run_dir: Path, out_root: Path) -> None:
         folder = folder.parent
 
 
-def execute(cfg: DictConfig, run_dir: Path) -> dict:
+def execute(cfg: DictConfig, run_dir: Path, sweep: bool = False) -> dict:
     """run()'s work, under its lock."""
     started = time.perf_counter()
     plain = resolve(cfg)
@@ -300,8 +302,7 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
                               "own folder with out_root=... or hydra.run.dir=... (or delete that folder, if its "
                               "result is not needed)")
         if old.get("status") == "ok":
-            log.info("already complete: %s (test_acc %.4f); delete it to rerun", result_path,
-                     old["metrics"]["test_acc"])
+            log.info("already complete: %s (%s); delete it to rerun", result_path, accuracies(old, sweep))
             if wanted is not None and (old.get("probes") or {}).get("settings") != wanted:
                 return add_probes(cfg, run_dir, old, identity)
             return old
@@ -352,9 +353,16 @@ def execute(cfg: DictConfig, run_dir: Path) -> dict:
     if distributed.is_main():  # under torchrun, one process writes
         checkpoint.write_json(result_path, result)
     track.finish(result)
-    log.info("result: %s test_acc %.4f val_acc %.4f -> %s", cfg.recipe.name, result["metrics"]["test_acc"],
-             result["metrics"]["val_acc"], result_path)
+    log.info("result: %s %s -> %s", cfg.recipe.name, accuracies(result, sweep), result_path)
     return result
+
+
+def accuracies(result: dict, sweep: bool) -> str:
+    """A finished run's accuracies for its log line; a sweep's job leaves test out (see run())."""
+    metrics = result["metrics"]
+    if sweep:
+        return f"val_acc {metrics['val_acc']:.4f}; test in result.json, for the sweep's report"
+    return f"test_acc {metrics['test_acc']:.4f} val_acc {metrics['val_acc']:.4f}"
 
 
 def add_probes(cfg: DictConfig, run_dir: Path, result: dict, identity: dict) -> dict:

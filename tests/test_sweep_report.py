@@ -27,6 +27,12 @@ def test_sweep_end_builds_the_report_and_keeps_failures_visible(tmp_path):
         mean = (accs[(recipe, 0)] + accs[(recipe, 1)]) / 2
         assert f"| transformer | {recipe} |" in md and f"| 2 | 0, 1 | {100 * mean:.2f} |" in md
     assert (report / "report.html").exists() and (report / "results.csv").read_text().count("\n") == 5
+    # A study reads test numbers once, in its report: a job's log lines name validation only.
+    logged = proc.stdout + proc.stderr
+    assert logged.count("; test in result.json, for the sweep's report") == 4 and "test_acc" not in logged
+    (tmp_path / "own").mkdir()
+    single = cli(["recipe=spt", *args], cwd=tmp_path / "own")  # a run of one's own shows both
+    assert single.returncode == 0 and "result: spt test_acc 0." in single.stdout + single.stderr
 
     # A job that cannot run: the sweep exits 1, names it, and its report lists it with the reason.
     other = tmp_path / "other_report"
@@ -45,6 +51,7 @@ def test_sweep_end_builds_the_report_and_keeps_failures_visible(tmp_path):
     assert proc.returncode == 1
     assert "the sweep finished but its report could not be built" in proc.stderr
     assert "job(s) of the sweep did not succeed" not in proc.stderr
+    assert "already complete" in proc.stdout + proc.stderr and "test_acc" not in proc.stdout + proc.stderr
     assert sorted(tmp_path.glob("runs/listops/transformer/*/*/seed*/result.json")) == results
 
 
